@@ -1,0 +1,37 @@
+"""Run the sandbox servers: ``python -m include.sandbox --mirakl-port 8081 --woo-port 8082``."""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from include.sandbox.core import Sandbox
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Simulated Mirakl and WooCommerce APIs on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--mirakl-port", type=int, default=8081)
+    parser.add_argument("--woo-port", type=int, default=8082)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scenario", default=None, help="scenario to load at start (e.g. demo)")
+    parser.add_argument("--state-file", default=None, help="JSON file the state is kept in across restarts")
+    parser.add_argument("--validate-requests", action="store_true", help="check Mirakl requests against the spec")
+    args = parser.parse_args(argv)
+
+    sandbox = Sandbox(seed=args.seed, state_file=args.state_file, validate_requests=args.validate_requests)
+    if args.scenario:
+        from include.sandbox.scenarios import apply_scenario
+
+        apply_scenario(sandbox, args.scenario)
+    sandbox.start(args.mirakl_port, args.woo_port, args.host)
+    print(f"sandbox: Mirakl on {sandbox.mirakl_url}  WooCommerce on {sandbox.woo_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    sandbox.stop()
+
+
+if __name__ == "__main__":
+    main()
