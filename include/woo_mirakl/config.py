@@ -1,0 +1,157 @@
+"""Marketplace settings from ``include/config/marketplaces.yaml``.
+
+Loaded at DAG-parse time, so this module reads one small YAML file and nothing else:
+no network, no database, no heavy imports.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+DEFAULT_FILE = CONFIG_DIR / "marketplaces.yaml"
+ENV_VAR = "WOO_MIRAKL_MARKETPLACES"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class ConfigError(ValueError):
+    """The marketplaces file is missing, malformed, or names something twice."""
+
+
+@dataclass(frozen=True)
+class PriceRule:
+    """Marketplace price from the WooCommerce price: a markup, then rounding."""
+
+    markup_percent: Decimal = Decimal("0")
+    rounding: Decimal = Decimal("0.01")
+
+    def apply(self, woo_price: Decimal | str | float) -> Decimal:
+        price = Decimal(str(woo_price)) * (1 + self.markup_percent / 100)
+        steps = (price / self.rounding).quantize(Decimal("1"), rounding=ROUND_HALF_UP)
+        return (steps * self.rounding).quantize(Decimal("0.01"))
+
+
+@dataclass(frozen=True)
+class OrderPolicy:
+    """How order lines are decided; the defaults refuse what cannot be fulfilled."""
+
+    accept_orders: bool = True
+    refuse_unknown_sku: bool = True
+    refuse_short_stock: bool = True
+
+
+@dataclass(frozen=True)
+class Marketplace:
+    """One Mirakl marketplace the store sells on, and how to treat it."""
+
+    name: str
+    mirakl_conn_id: str
+    woocommerce_conn_id: str = "woocommerce_default"
+    description: str = ""
+    currency: str = "EUR"
+    safety_buffer: int = 0
+    price_rule: PriceRule = field(default_factory=PriceRule)
+    unmanaged_in_stock_quantity: int = 10
+    order_policy: OrderPolicy = field(default_factory=OrderPolicy)
+    acceptance_deadline_alerts: tuple[float, ...] = (0.5, 0.8)
+    carrier_map_file: str = "carriers.yaml"
+    commission_rate: Decimal = Decimal("0.10")
+    commission_tolerance: Decimal = Decimal("0.01")
+    schedules: dict[str, str] = field(default_factory=dict)
+
+    def schedule(self, flow: str, default: str | None) -> str | None:
+        return self.schedules.get(flow, default)
+
+    def carrier_map(self) -> dict[str, str]:
+        """WooCommerce carrier name (normalised) -> Mirakl carrier code."""
+        data = _read_yaml(CONFIG_DIR / self.carrier_map_file)
+        return {normalise_carrier(k): str(v) for k, v in (data.get("carriers") or {}).items()}
+
+
+def normalise_carrier(name: str) -> str:
+    """Case- and spacing-insensitive key for carrier names ("La Poste" == "la-poste")."""
+    return re.sub(r"[\s_\-.]+", "", name).casefold()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: each marketplace must be a mapping, got {entry!r}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{path}: marketplace name {name!r} must be lower-case letters, digits and '_' (it becomes a DAG id)"
+        )
+    if not entry.get("mirakl_conn_id"):
+        raise ConfigError(f"{path}: marketplace {name!r} has no mirakl_conn_id")
+    price = entry.get("price_rule") or {}
+    policy = entry.get("order_policy") or {}
+    buffer = int(entry.get("safety_buffer", 0))
+    if buffer < 0:
+        raise ConfigError(f"{path}: marketplace {name!r} has a negative safety_buffer")
+    rounding = Decimal(str(price.get("rounding", "0.01")))
+    if rounding <= 0:
+        raise ConfigError(f"{path}: marketplace {name!r} price_rule.rounding must be positive")
+    return Marketplace(
+        name=name,
+        mirakl_conn_id=str(entry["mirakl_conn_id"]),
+        woocommerce_conn_id=str(entry.get("woocommerce_conn_id", "woocommerce_default")),
+        description=str(entry.get("description", "")),
+        currency=str(entry.get("currency", "EUR")),
+        safety_buffer=buffer,
+        price_rule=PriceRule(Decimal(str(price.get("markup_percent", "0"))), rounding),
+        unmanaged_in_stock_quantity=int((entry.get("unmanaged_stock") or {}).get("in_stock_quantity", 10)),
+        order_policy=OrderPolicy(
+            accept_orders=bool(policy.get("accept_orders", True)),
+            refuse_unknown_sku=bool(policy.get("refuse_unknown_sku", True)),
+            refuse_short_stock=bool(policy.get("refuse_short_stock", True)),
+        ),
+        acceptance_deadline_alerts=tuple(float(x) for x in entry.get("acceptance_deadline_alerts", (0.5, 0.8))),
+        carrier_map_file=str(entry.get("carrier_map_file", "carriers.yaml")),
+        commission_rate=Decimal(str(entry.get("commission_rate", "0.10"))),
+        commission_tolerance=Decimal(str(entry.get("commission_tolerance", "0.01"))),
+        schedules=dict(entry.get("schedules") or {}),
+    )
+
+
+def marketplaces_file() -> Path:
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_FILE)
+
+
+def load_marketplaces(path: str | Path | None = None) -> list[Marketplace]:
+    """All marketplaces of the configuration file, validated."""
+    path = Path(path) if path else marketplaces_file()
+    entries = _read_yaml(path).get("marketplaces") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: 'marketplaces' must be a list")
+    result = [_marketplace(e, path) for e in entries]
+    names = [m.name for m in result]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: marketplace names must be unique, repeated: {', '.join(duplicates)}")
+    return result
+
+
+def get_marketplace(name: str, path: str | Path | None = None) -> Marketplace:
+    for marketplace in load_marketplaces(path):
+        if marketplace.name == name:
+            return marketplace
+    raise ConfigError(f"no marketplace named {name!r} in {path or marketplaces_file()}")
