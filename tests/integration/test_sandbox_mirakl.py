@@ -1,7 +1,6 @@
 """The simulated Mirakl seller API behaves like Mirakl, over real HTTP on loopback."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import requests
@@ -366,19 +365,15 @@ def test_state_survives_a_restart(sandbox, api):
     assert other.mirakl.order(order_id) == sandbox.mirakl.order(order_id)
 
 
-def test_a_large_catalogue_loads_and_pages_quickly():
+def test_a_large_catalogue_loads_and_pages():
     box = Sandbox(seed=3, clock=Clock(frozen=True)).start(0, 0)
     try:
-        started = time.perf_counter()
         with box.lock:
             for index in range(100_000):
                 box.mirakl.store.add_offer(box.clock.now(), f"BIG-{index:06d}", 1 + index % 997, index % 50)
-        assert time.perf_counter() - started < 10
         api = Api(box)
         api.ok("GET", "/api/offers", params={"max": 100})  # builds the sort index once
-        started = time.perf_counter()
         page = api.ok("GET", "/api/offers", params={"max": 100, "offset": 99_900})
-        assert time.perf_counter() - started < 0.5
         assert page["total_count"] == 100_000 and len(page["offers"]) == 100
         prices = [o["total_price"] for o in page["offers"]]
         assert prices == sorted(prices)
