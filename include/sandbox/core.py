@@ -362,7 +362,11 @@ def _make_handler(sandbox: "Sandbox", service: Service):
                 self.send_header(key, value)
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    # the client gave up first (a slow fault beyond its timeout): nothing to answer
+                    self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 

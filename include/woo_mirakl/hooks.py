@@ -1,0 +1,248 @@
+"""Airflow hooks: build the Mirakl and WooCommerce clients from Airflow connections.
+
+Connection types ``mirakl`` and ``woocommerce`` are registered by the in-repo provider
+(``include/woo_mirakl/provider.py``), so the UI shows their own fields and the Test
+button (and ``airflow connections test``) calls :meth:`test_connection` here.
+Secrets are registered with Airflow's masker before any client is built.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from include.woo_mirakl.budgets import BudgetExceeded, CallBudget, LedgerCallBudget
+from include.woo_mirakl.clients.http import (
+    ApiError,
+    ClientError,
+    MalformedResponseError,
+    RetryPolicy,
+    TransportError,
+)
+from include.woo_mirakl.clients.mirakl import MiraklClient, mirakl_base_url
+from include.woo_mirakl.clients.woocommerce import WooCommerceClient
+
+log = logging.getLogger(__name__)
+
+# A connection test should answer within seconds, not retry for minutes.
+TEST_RETRY = RetryPolicy(max_attempts=2, base_delay=0.5, max_delay=1.0, timeout=20.0, connect_timeout=5.0,
+                         max_retry_after=5.0)
+
+
+def _mask(value: str | None) -> None:
+    if value:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(value)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"connection extra {name!r} must be true or false, got {value!r}")
+
+
+_RETRY_EXTRAS = {
+    "timeout": ("timeout", float),
+    "connect_timeout": ("connect_timeout", float),
+    "retry_max_attempts": ("max_attempts", int),
+    "retry_base_delay": ("base_delay", float),
+    "retry_max_delay": ("max_delay", float),
+}
+
+
+def retry_from_extra(extra: dict[str, Any], conn_id: str) -> RetryPolicy | None:
+    """A retry policy from connection extras (timeout, connect_timeout, retry_*); None if none is set."""
+    values: dict[str, Any] = {}
+    for key, (field_name, cast) in _RETRY_EXTRAS.items():
+        if extra.get(key) not in (None, ""):
+            try:
+                values[field_name] = cast(extra[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"connection {conn_id!r}: extra {key!r} must be a number, got {extra[key]!r}") from None
+    return RetryPolicy(**values) if values else None
+
+
+def _transport_hint(error: ClientError) -> str:
+    text = str(error)
+    if "unknown host" in text:
+        return "the host name does not resolve: check the connection's host"
+    if "connection refused" in text:
+        return "the connection was refused: check the host and port"
+    if "timed out" in text:
+        return "the server did not answer in time"
+    return "the server could not be reached"
+
+
+class MiraklHook(BaseHook):
+    """A Mirakl seller API connection: host, API key (password), optional ``shop_id`` extra."""
+
+    conn_name_attr = "mirakl_conn_id"
+    default_conn_name = "mirakl_default"
+    conn_type = "mirakl"
+    hook_name = "Mirakl"
+
+    def __init__(self, mirakl_conn_id: str = default_conn_name, *, retry: RetryPolicy | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mirakl_conn_id = mirakl_conn_id
+        self.retry = retry
+
+    def _settings(self) -> dict[str, Any]:
+        conn = self.get_connection(self.mirakl_conn_id)
+        _mask(conn.password)
+        if not conn.password:
+            raise ValueError(f"connection {self.mirakl_conn_id!r} has no API key (set its password)")
+        extra = conn.extra_dejson or {}
+        shop_id = extra.get("shop_id")
+        if shop_id not in (None, ""):
+            try:
+                shop_id = int(shop_id)
+            except (TypeError, ValueError):
+                raise ValueError(f"connection {self.mirakl_conn_id!r}: shop_id must be a number, got {shop_id!r}") from None
+        else:
+            shop_id = None
+        return {"host": conn.host or "", "port": conn.port, "api_key": conn.password, "shop_id": shop_id,
+                "verify": _as_bool(extra.get("verify_ssl", True), "verify_ssl"),
+                "retry": retry_from_extra(extra, self.mirakl_conn_id)}
+
+    def get_client(self, budget: CallBudget | None = None, retry: RetryPolicy | None = None) -> MiraklClient:
+        """A client for this connection; pass a budget (see :meth:`get_budget`) to honour call ceilings."""
+        s = self._settings()
+        return MiraklClient(s["host"], s["api_key"], shop_id=s["shop_id"], port=s["port"], budget=budget,
+                            retry=retry or self.retry or s["retry"], verify=s["verify"])
+
+    get_conn = get_client
+
+    def budget_scope(self) -> str:
+        """Who a call ceiling belongs to: one shop on one Mirakl instance."""
+        s = self._settings()
+        return f"mirakl:{mirakl_base_url(s['host'], s['port'])}:shop={s['shop_id'] or 'default'}"
+
+    def get_budget(self, ledger: Any = None, max_wait: float = 0.0) -> LedgerCallBudget:
+        """A call budget kept in the ledger (the ``woo_mirakl_ledger`` connection by default)."""
+        if ledger is None:
+            from include.woo_mirakl.ledger import get_ledger
+
+            ledger = get_ledger()
+        return LedgerCallBudget(ledger, self.budget_scope(), max_wait=max_wait)
+
+    def _budget_if_available(self) -> LedgerCallBudget | None:
+        try:
+            return self.get_budget()
+        except Exception as error:  # no ledger configured: test without a ceiling check
+            log.info("no ledger for the A01 call budget (%s); calling A01 without it", type(error).__name__)
+            return None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """A01: shop name, currency and state. A01 may run once a day; when its budget is used
+        up, OF21 (no ceiling) proves the key instead."""
+        try:
+            settings = self._settings()
+            client = self.get_client(budget=self._budget_if_available(), retry=TEST_RETRY)
+        except ValueError as error:
+            return False, str(error)
+        where = client.base_url
+        try:
+            try:
+                account = client.account()
+            except BudgetExceeded as exceeded:
+                unbudgeted = self.get_client(budget=None, retry=TEST_RETRY)
+                count = unbudgeted.offers_count()
+                return True, (
+                    f"Mirakl API key accepted by {where} ({count} offers, via OF21). The A01 account check was "
+                    f"skipped: Mirakl allows it once a day and it already ran; next allowed at "
+                    f"{exceeded.retry_at.isoformat()}."
+                )
+        except ApiError as error:
+            if error.status == 401:
+                return False, f"Mirakl at {where} rejected the API key (HTTP 401): check the connection's password."
+            if error.status == 403 and settings["shop_id"] is not None:
+                return False, (
+                    f"Mirakl at {where} refused access to shop {settings['shop_id']} (HTTP 403: {error.message}): "
+                    "check the connection's shop_id against the shops of this API key."
+                )
+            if error.status == 403:
+                return False, f"Mirakl at {where} refused access (HTTP 403): {error.message}"
+            if error.status == 404:
+                return False, f"{where} has no Mirakl seller API (HTTP 404 on /api/account): check the host."
+            return False, f"Mirakl at {where} answered {error}"
+        except MalformedResponseError:
+            return False, f"{where} answered, but not like a Mirakl API: check the host."
+        except TransportError as error:
+            return False, f"Cannot reach Mirakl at {where}: {_transport_hint(error)}."
+        expected = settings["shop_id"]
+        if expected is not None and account.shop_id is not None and account.shop_id != expected:
+            return False, (
+                f"Shop id mismatch: the connection says shop {expected}, but the API key belongs to shop "
+                f"{account.shop_id} ({account.shop_name})."
+            )
+        return True, (
+            f"Connected to Mirakl shop {account.shop_name!r} (id {account.shop_id}) at {where}: "
+            f"currency {account.currency_iso_code}, state {account.shop_state}."
+        )
+
+
+class WooCommerceHook(BaseHook):
+    """A WooCommerce store: URL (host), consumer key (login) and secret (password)."""
+
+    conn_name_attr = "woocommerce_conn_id"
+    default_conn_name = "woocommerce_default"
+    conn_type = "woocommerce"
+    hook_name = "WooCommerce"
+
+    def __init__(
+        self, woocommerce_conn_id: str = default_conn_name, *, retry: RetryPolicy | None = None, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.woocommerce_conn_id = woocommerce_conn_id
+        self.retry = retry
+
+    def get_client(self, retry: RetryPolicy | None = None) -> WooCommerceClient:
+        conn = self.get_connection(self.woocommerce_conn_id)
+        _mask(conn.password)
+        _mask(conn.login)
+        if not conn.login or not conn.password:
+            raise ValueError(
+                f"connection {self.woocommerce_conn_id!r} needs the consumer key (login) and secret (password)"
+            )
+        extra = conn.extra_dejson or {}
+        policy = retry or self.retry or retry_from_extra(extra, self.woocommerce_conn_id)
+        return WooCommerceClient(
+            conn.host or "", conn.login, conn.password, port=conn.port,
+            query_string_auth=_as_bool(extra.get("query_string_auth", False), "query_string_auth"),
+            verify=_as_bool(extra.get("verify_ssl", True), "verify_ssl"),
+            retry=policy,
+        )
+
+    get_conn = get_client
+
+    def test_connection(self) -> tuple[bool, str]:
+        """``system_status``: proves the URL, the keys and their read permission; shows the version."""
+        try:
+            client = self.get_client(retry=TEST_RETRY)
+        except ValueError as error:
+            return False, str(error)
+        where = client.base_url
+        try:
+            status = client.system_status()
+        except ApiError as error:
+            if error.status == 401:
+                return False, f"WooCommerce at {where} rejected the API keys (HTTP 401 {error.code}): {error.message}"
+            if error.status == 404:
+                return False, f"{where} has no WooCommerce REST API (HTTP 404 {error.code}): check the store URL."
+            return False, f"WooCommerce at {where} answered {error}"
+        except MalformedResponseError:
+            return False, f"{where} answered, but not like the WooCommerce REST API: check the store URL."
+        except TransportError as error:
+            return False, f"Cannot reach WooCommerce at {where}: {_transport_hint(error)}."
+        environment = status.get("environment") or {}
+        return True, (
+            f"Connected to WooCommerce {environment.get('version', 'unknown')} at {where} "
+            f"(WordPress {environment.get('wp_version', 'unknown')})."
+        )
