@@ -1,0 +1,210 @@
+"""mirakl_refund_sync__sandbox end to end: dag.test() against the sandbox over real HTTP.
+
+Orders reach SHIPPING through the orders flow; the shop refunds them in WooCommerce; the refund
+flow sends each refund to Mirakl once. One sandbox and one ledger for the module; tests run in
+file order.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import advance, load_dag, orders_in_shipping, run_dag
+
+DAG_ID = "mirakl_refund_sync__sandbox"
+FLOW = "mirakl_refund_sync"
+MINUTE = 61
+
+pytestmark = pytest.mark.usefixtures("airflow_env")
+
+
+def run(sandbox, ledger, retries: bool = True):
+    advance(sandbox, ledger, MINUTE)
+    if retries:
+        return run_dag(DAG_ID)
+    dag = load_dag(DAG_ID)
+    for task in dag.tasks:  # a failed task stays failed, as when the worker died
+        task.retries = 0
+    return dag.test()
+
+
+def mirakl_refunds(sandbox, order_id) -> dict[str, list[tuple]]:
+    """Per Mirakl line: (amount, shipping, quantity, reason) of each refund Mirakl holds."""
+    with sandbox.lock:
+        order = sandbox.mirakl.order(order_id)
+    return {line["order_line_id"]: [(r["amount"], r["shipping_amount"], r["quantity"], r["reason_code"])
+                                    for r in line["refunds"]] for line in order["order_lines"]}
+
+
+def line_item(sandbox, woo_id: int, sku: str) -> int:
+    return next(li["id"] for li in sandbox.woo.order(woo_id)["line_items"] if li["sku"] == sku)
+
+
+def refund(sandbox, woo_id: int, lines: list[tuple[str, int, str]] | None = None, amount=None, reason=""):
+    items = None if lines is None else [
+        {"id": line_item(sandbox, woo_id, sku), "quantity": qty, "refund_total": total} for sku, qty, total in lines]
+    return sandbox.woo.refund_order(woo_id, items, amount=amount, reason=reason)
+
+
+def frozen(ledger, refund_id: int) -> dict:
+    return ledger.get_cursor(FLOW, "sandbox", f"or28:{refund_id}")
+
+
+def body(line_id: str, amount: float, shipping: float, reason: str, quantity: int | None = None) -> dict:
+    out = {"order_line_id": line_id, "amount": amount, "shipping_amount": shipping, "reason_code": reason}
+    if quantity:
+        out["quantity"] = quantity
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(sandbox, ledger, airflow_env):
+    sandbox.woo.add_simple_product("MUG", "12.50", 100, name="Tasse")
+    sandbox.woo.add_simple_product("TEE", "20.00", 100, name="T-shirt")
+    with sandbox.lock:
+        sandbox.mirakl.add_offer("MUG", 12.5, 500)
+        sandbox.mirakl.add_offer("TEE", 20.0, 500)
+    names = ["partial", "full", "shipping", "over", "unknown", "crash"]
+    placed = orders_in_shipping(sandbox, ledger, [
+        [("MUG", 2), ("TEE", 1)], [("MUG", 1), ("TEE", 1)], [("MUG", 1), ("TEE", 1)], [("MUG", 1)], [("TEE", 1)],
+        [("MUG", 3)],
+    ])
+    return dict(zip(names, placed))
+
+
+def test_partial_full_and_shipping_only_refunds(sandbox, ledger, world):
+    (partial, w_partial), (full, w_full), (ship, w_ship) = world["partial"], world["full"], world["shipping"]
+    first = refund(sandbox, w_partial, [("MUG", 1, "12.50")], reason="Item arrived broken")
+    whole = refund(sandbox, w_full, reason="")
+    shipping_only = refund(sandbox, w_ship, [], amount="4.99", reason="Late delivery")
+
+    assert run(sandbox, ledger).state == "success"
+
+    assert frozen(ledger, first["id"]) == {"refunds": [body(f"{partial}-1", 12.5, 0.0, "RETURN_BROKEN_ITEM", 1)]}
+    assert mirakl_refunds(sandbox, partial) == {
+        f"{partial}-1": [(12.5, 0.0, 1, "RETURN_BROKEN_ITEM")], f"{partial}-2": []}
+    # the shipping (2.50 + 2.49 per line) goes with the lines it was charged on
+    assert frozen(ledger, whole["id"]) == {"refunds": [
+        body(f"{full}-1", 12.5, 2.5, "RETURN_CHANGED_MIND", 1), body(f"{full}-2", 20.0, 2.49, "RETURN_CHANGED_MIND", 1)]}
+    assert mirakl_refunds(sandbox, full) == {
+        f"{full}-1": [(12.5, 2.5, 1, "RETURN_CHANGED_MIND")], f"{full}-2": [(20.0, 2.49, 1, "RETURN_CHANGED_MIND")]}
+    assert frozen(ledger, shipping_only["id"]) == {"refunds": [
+        body(f"{ship}-1", 0.0, 2.5, "RETURN_CHANGED_MIND"), body(f"{ship}-2", 0.0, 2.49, "RETURN_CHANGED_MIND")]}
+    assert mirakl_refunds(sandbox, ship) == {
+        f"{ship}-1": [(0.0, 2.5, 0, "RETURN_CHANGED_MIND")], f"{ship}-2": [(0.0, 2.49, 0, "RETURN_CHANGED_MIND")]}
+    assert sandbox.log.count("mirakl", "OR28") == 3
+
+    action = ledger.get_action(f"sandbox:mirakl.OR28:{whole['id']}")
+    assert action.state == "done" and len(action.outcome["refund_ids"]) == 2
+    notes = [n["note"] for n in sandbox.woo.store.notes[w_full]]
+    assert any(", ".join(action.outcome["refund_ids"]) in n and f"Refund #{whole['id']}" in n for n in notes)
+
+
+def test_two_refunds_on_one_order_on_a_store_before_9(sandbox, ledger, world):
+    partial, w_partial = world["partial"]
+    sandbox.woo.version = "8.9.0"  # no GET /refunds: refunds are read per order
+    try:
+        second = refund(sandbox, w_partial, [("MUG", 1, "12.50"), ("TEE", 1, "20.00")], reason="changed mind")
+        assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.woo.version = "9.8.0"
+    assert sandbox.log.count("woo", "woo.refunds.list") >= 1
+    assert frozen(ledger, second["id"]) == {"refunds": [
+        body(f"{partial}-1", 12.5, 0.0, "RETURN_CHANGED_MIND", 1), body(f"{partial}-2", 20.0, 0.0, "RETURN_CHANGED_MIND", 1)]}
+    assert mirakl_refunds(sandbox, partial) == {
+        f"{partial}-1": [(12.5, 0.0, 1, "RETURN_BROKEN_ITEM"), (12.5, 0.0, 1, "RETURN_CHANGED_MIND")],
+        f"{partial}-2": [(20.0, 0.0, 1, "RETURN_CHANGED_MIND")]}
+
+
+def test_reruns_send_nothing_new(sandbox, ledger, world):
+    before = sandbox.log.count("mirakl", "OR28")
+    for _ in range(2):
+        assert run(sandbox, ledger).state == "success"
+    assert sandbox.log.count("mirakl", "OR28") == before == 4
+
+
+def test_over_refund_and_unknown_line_are_refused_with_clear_exceptions(sandbox, ledger, world):
+    (over, w_over), (unknown, w_unknown) = world["over"], world["unknown"]
+    too_much = refund(sandbox, w_over, [("MUG", 1, "16.00")])
+    with sandbox.lock:  # a line the shop added in WooCommerce: Mirakl never sold it
+        store = sandbox.woo.store
+        store.update_order(store.order(w_unknown), {"line_items": [{"sku": "MUG", "quantity": 1}]})
+    stray = refund(sandbox, w_unknown, [("MUG", 1, "12.50")])
+    or28_before = sandbox.log.count("mirakl", "OR28")
+
+    assert run(sandbox, ledger).state == "success"
+
+    assert sandbox.log.count("mirakl", "OR28") == or28_before
+    assert mirakl_refunds(sandbox, over) == {f"{over}-1": []}
+    assert mirakl_refunds(sandbox, unknown) == {f"{unknown}-1": []}
+    over_problem = ledger.get_exception("refund_unsendable", str(too_much["id"]), "sandbox")
+    assert over_problem.status == "open" and over_problem.detail["order_id"] == over
+    assert "16.00 on Mirakl line" in over_problem.detail["message"]
+    assert "more than is left to refund: 12.50" in over_problem.detail["message"]
+    stray_problem = ledger.get_exception("refund_unsendable", str(stray["id"]), "sandbox")
+    assert stray_problem.status == "open"
+    assert f"is not a line of Mirakl order {unknown}" in stray_problem.detail["message"]
+    assert ledger.get_action(f"sandbox:mirakl.OR28:{too_much['id']}") is None
+
+
+def test_crash_after_or28_before_the_ledger_write_refunds_once(sandbox, ledger, world, monkeypatch):
+    from include.woo_mirakl.ledger.repository import Ledger
+
+    order_id, woo_id = world["crash"]
+    made = refund(sandbox, woo_id, [("MUG", 2, "25.00")], reason="damaged")
+    real_complete = Ledger.complete_action
+    crashes: list[str] = []
+
+    def crash_once(self, key, outcome=None):
+        if ":mirakl.OR28:" in key and not crashes:
+            crashes.append(key)
+            raise RuntimeError("worker died after Mirakl created the refund")
+        return real_complete(self, key, outcome)
+
+    monkeypatch.setattr(Ledger, "complete_action", crash_once)
+    assert run(sandbox, ledger, retries=False).state == "failed"
+    assert crashes and mirakl_refunds(sandbox, order_id) == {f"{order_id}-1": [(25.0, 0.0, 2, "RETURN_BROKEN_ITEM")]}
+
+    for _ in range(2):
+        assert run(sandbox, ledger).state == "success"
+    assert mirakl_refunds(sandbox, order_id) == {f"{order_id}-1": [(25.0, 0.0, 2, "RETURN_BROKEN_ITEM")]}
+    action = ledger.get_action(f"sandbox:mirakl.OR28:{made['id']}")
+    assert action.state == "done" and action.outcome["found_on_mirakl"] is True
+    assert len(action.outcome["refund_ids"]) == 1
+
+
+def test_faults_on_both_apis_still_refund_each_once(sandbox, ledger, world):
+    placed = orders_in_shipping(sandbox, ledger, [[("MUG", 1)], [("TEE", 2)], [("MUG", 2), ("TEE", 1)]])
+    made = [refund(sandbox, woo_id, reason="broken") for _, woo_id in placed]
+    sandbox.faults.set([
+        {"service": "mirakl", "operation": "OR28", "kind": "status", "status": 503, "probability": 0.3},
+        {"service": "mirakl", "operation": "OR28", "kind": "drop", "probability": 0.3},
+        {"service": "woo", "kind": "status", "status": 500, "probability": 0.15},
+        {"service": "woo", "kind": "drop", "probability": 0.1},
+    ])
+    try:
+        for _ in range(10):
+            run(sandbox, ledger)
+            if all(_done(ledger, r["id"]) for r in made):
+                break
+    finally:
+        sandbox.faults.clear()
+    assert run(sandbox, ledger).state == "success"
+    assert any(e["fault"] for e in sandbox.log.entries())
+    for (order_id, _), made_refund in zip(placed, made):
+        assert _done(ledger, made_refund["id"])
+        for line_id, refunds in mirakl_refunds(sandbox, order_id).items():
+            assert len(refunds) == 1, (line_id, refunds)
+
+
+def _done(ledger, refund_id) -> bool:
+    action = ledger.get_action(f"sandbox:mirakl.OR28:{refund_id}")
+    return action is not None and action.state == "done"
+
+
+def test_no_spec_violation_and_no_ceiling_breach(sandbox, world):
+    from datetime import datetime, timedelta
+
+    violations = [(e["operation"], e["violations"]) for e in sandbox.log.entries("mirakl") if e["violations"]]
+    assert violations == []
+    times = sorted(datetime.fromisoformat(c["at"].replace("Z", "+00:00")) for c in sandbox.log.entries("mirakl", "OR11"))
+    assert min(later - earlier for earlier, later in zip(times, times[1:])) >= timedelta(seconds=60)
