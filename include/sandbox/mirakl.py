@@ -41,6 +41,12 @@ class MiraklService(Service):
             ("PUT", "/api/orders/{order_id}/cancel", "OR29", self._or29),
             ("GET", "/api/offers", "OF21", self._of21),
             ("POST", "/api/offers", "OF24", self._of24),
+            ("GET", "/api/offers/imports/{import_id}", "OF02", self._of02),
+            ("GET", "/api/offers/imports/{import_id}/error_report", "OF03", self._of03),
+            ("POST", "/api/products/imports", "P41", self._p41),
+            ("GET", "/api/products/imports/{import_id}", "P42", self._p42),
+            ("GET", "/api/products/imports/{import_id}/error_report", "P44", self._p44),
+            ("GET", "/api/products/imports/{import_id}/new_product_report", "P45", self._p45),
             ("GET", "/api/offers/export", "OF51", self._of51),
             ("POST", "/api/offers/stock/imports", "STO01", self._sto01),
             ("GET", "/api/offers/stock/imports/{import_id}/status", "STO02", self._sto02),
@@ -115,6 +121,10 @@ class MiraklService(Service):
                   product_id_type: str = "SHOP_SKU", **fields_: Any) -> dict:
         return self.store.offer_json(self.store.add_offer(self._now(), shop_sku, price, quantity, product_id,
                                                           product_id_type, **fields_))
+
+    def add_product(self, reference: str, reference_type: str = "EAN", title: str | None = None) -> dict:
+        """Make a product known to the operator catalogue (as if another seller had created it)."""
+        return dict(self.store.register_product(reference_type, reference, title=title))
 
     def offer(self, shop_sku: str) -> dict | None:
         found = self.store.live_offer(shop_sku)
@@ -328,6 +338,31 @@ class MiraklService(Service):
         body = self._body(request)
         import_id = self.store.import_offers_json(self._now(), body.get("offers"))
         return Response(201, {"import_id": import_id})
+
+    def _of02(self, request: Request) -> Response:
+        record = self.store.get_import("offer", request.path_params["import_id"])
+        return Response(200, self.store.offer_import_status_json(record))
+
+    def _of03(self, request: Request) -> Response:
+        record = self.store.get_import("offer", request.path_params["import_id"])
+        return Response(200, self.store.offer_error_report_csv(record), content_type="application/octet-stream")
+
+    # Products ------------------------------------------------------------------------------------------
+    def _p41(self, request: Request) -> Response:
+        record = self.store.create_product_import(self._now(), request.multipart_file("file"))
+        return Response(201, {"import_id": int(record["import_id"])})
+
+    def _p42(self, request: Request) -> Response:
+        record = self.store.poll_product_import(self._now(), request.path_params["import_id"])
+        return Response(200, self.store.product_import_status_json(record))
+
+    def _p44(self, request: Request) -> Response:
+        record = self.store.get_product_import(request.path_params["import_id"])
+        return Response(200, self.store.product_report_csv(record, "errors"), content_type="application/octet-stream")
+
+    def _p45(self, request: Request) -> Response:
+        record = self.store.get_product_import(request.path_params["import_id"])
+        return Response(200, self.store.product_report_csv(record, "added"), content_type="application/octet-stream")
 
     def _of51(self, request: Request) -> Response:
         csv_text = self.store.export_csv(self._date(request, "last_request_date"),

@@ -61,6 +61,20 @@ EXPORT_COLUMNS = (
 )
 DELETED_EXPORT_COLUMNS = {"offer-id", "product-sku", "shop-id", "shop-sku", "active", "deleted"}
 
+# OF24: the operator's offer conditions, logistic classes and product reference types.
+OFFER_STATE_CODES = {"1": "Used - Like New", "2": "Used - Very Good", "3": "Used - Good", "4": "Used - Acceptable",
+                     "10": "Refurbished", "11": "New"}
+LOGISTIC_CLASSES = ("STANDARD", "XS", "S", "M", "L", "XL", "FREE")
+PRODUCT_ID_TYPES = ("EAN", "UPC", "ISBN", "MPN", "SHOP_SKU", "SKU")
+# OF03: the offer columns echoed back, then where and why the line failed (as the spec's example).
+OFFER_REPORT_COLUMNS = (
+    ("sku", "shop_sku"), ("product-id", "product_id"), ("product-id-type", "product_id_type"),
+    ("description", "description"), ("internal-description", "internal_description"),
+    ("price-additional-info", "price_additional_info"), ("quantity", "quantity"),
+    ("min-quantity-alert", "min_quantity_alert"), ("state", "state_code"), ("logistic-class", "logistic_class"),
+    ("update-delete", "update_delete"), ("price", "price"), ("leadtime-to-ship", "leadtime_to_ship"),
+)
+
 
 def money(value: Any) -> float:
     """Round half up to cents, as amounts are shown in euros and cents."""
@@ -83,6 +97,13 @@ class MiraklSettings:
     # but never on its first status call).
     import_delay_s: float = 2.0
     import_complete_after_polls: int = 2
+    # OF24 with a product reference the operator catalogue lacks: "create" the product with the
+    # offer (operators that let sellers do so), or "reject" the line ("The product does not exist").
+    unknown_products: str = "create"
+    # P41: the operator's product attribute codes; these must be filled, and which becomes the EAN reference.
+    product_required_attributes: str = "sku,title,category,ean"
+    product_sku_attribute: str = "sku"
+    product_ean_attribute: str = "ean"
 
 
 def _encode_token(**fields: Any) -> str:
@@ -109,10 +130,12 @@ class MiraklStore:
         self._sorted: dict[str, list[str]] = {}  # OF21 sort key -> SKUs, rebuilt lazily
         self.orders: dict[str, dict] = {}
         self.imports: dict[str, dict] = {}
+        self.products: dict[str, dict] = {}  # the operator catalogue, by "<reference type>|<reference>"
+        self.product_imports: dict[str, dict] = {}  # P41 ids are integers of their own series
         self.transactions: list[dict] = []
         self.invoices: list[dict] = []
         self.counters = {"offer": 2000, "order": 0, "refund": 1000, "transaction": 0, "offer_import": 3000,
-                         "invoice": 0}
+                         "invoice": 0, "product_import": 5000}
         self.cycle_id = self._uuid()
         self.cycle_started: str | None = None
 
@@ -165,6 +188,8 @@ class MiraklStore:
             "last_updated": stamp,
         }
         self.offers[shop_sku] = offer
+        self.register_product(offer["product_id_type"], offer["product_id"], offer["product_sku"],
+                              offer["product_title"])
         if not existing:
             self._offer_order.append(shop_sku)
         self._sorted.clear()
@@ -332,31 +357,221 @@ class MiraklStore:
             "package-quantity": offer["package_quantity"],
         }
 
+    # Operator catalogue ----------------------------------------------------------------------
+    def register_product(self, reference_type: str, reference: str, product_sku: str | None = None,
+                         title: str | None = None, category: str = "SANDBOX") -> dict:
+        """Make a product known to the operator under one reference (and its Mirakl product SKU)."""
+        key = f"{reference_type}|{reference}"
+        product = self.products.get(key)
+        if product is None:
+            product = {"reference_type": reference_type, "reference": reference,
+                       "product_sku": product_sku or f"MKP{zlib.crc32(reference.encode()):012d}",
+                       "title": title or f"Product {reference}", "category": category}
+            self.products[key] = product
+        return product
+
+    def known_product(self, reference_type: str, reference: str) -> dict | None:
+        if reference_type == "SKU":
+            return next((p for p in self.products.values() if p["product_sku"] == reference), None)
+        return self.products.get(f"{reference_type}|{reference}")
+
+    # OF24, OF02, OF03 ---------------------------------------------------------------------------
     def import_offers_json(self, now: datetime, offers: list[dict]) -> int:
-        """OF24: create, update (every field not sent is reset) or delete offers."""
+        """OF24: create, update (every field not sent is reset) or delete offers.
+
+        A malformed request is refused (400); a line the operator cannot take is left out and
+        reported by OF02/OF03, and the other lines are applied.
+        """
         if not isinstance(offers, list) or not offers:
             raise ApiError(400, "offers must be a non-empty list")
         for index, item in enumerate(offers):
-            for field_name in ("shop_sku", "product_id", "product_id_type", "state_code", "update_delete", "price"):
+            if not isinstance(item, dict):
+                raise ApiError(400, f"offers[{index}] must be an object")
+            for field_name in ("shop_sku", "product_id", "product_id_type", "state_code", "price"):
                 if item.get(field_name) in (None, ""):
                     raise ApiError(400, f"offers[{index}].{field_name} is required")
-            if item["update_delete"] not in ("update", "delete"):
-                raise ApiError(400, f"offers[{index}].update_delete must be 'update' or 'delete'")
-        for item in offers:
-            if item["update_delete"] == "delete":
+            if "update_delete" not in item:
+                raise ApiError(400, f"offers[{index}].update_delete is required")
+        record = {"import_id": str(self._next("offer_import")), "kind": "offer", "date_created": iso(now),
+                  "status": "COMPLETE", "polls": 0, "lines_read": len(offers), "errors": [],
+                  "lines": [dict(item) for item in offers],
+                  "offer_inserted": 0, "offer_updated": 0, "offer_deleted": 0}
+        for number, item in enumerate(offers, start=1):
+            reason = self._offer_line_error(item)
+            if reason:
+                record["errors"].append((number, reason, item))
+                continue
+            if (item.get("update_delete") or "update") == "delete":
                 if self.live_offer(item["shop_sku"]):
                     self.delete_offer(now, item["shop_sku"])
+                    record["offer_deleted"] += 1
                 continue
+            record["offer_updated" if self.live_offer(item["shop_sku"]) else "offer_inserted"] += 1
+            product = self.known_product(item["product_id_type"], str(item["product_id"]))
             discount = item.get("discount") or {}
             extra = {k: item[k] for k in ("description", "internal_description", "leadtime_to_ship",
                                           "min_order_quantity", "max_order_quantity", "min_quantity_alert",
                                           "package_quantity", "logistic_class", "price_additional_info",
                                           "state_code") if k in item}
+            if product:
+                extra.update(product_sku=product["product_sku"], product_title=product["title"])
             self.add_offer(now, item["shop_sku"], item["price"], int(item.get("quantity") or 0),
-                           product_id=item["product_id"], product_id_type=item["product_id_type"],
+                           product_id=str(item["product_id"]), product_id_type=item["product_id_type"],
                            discount_price=discount.get("price"), discount_start_date=discount.get("start_date"),
                            discount_end_date=discount.get("end_date"), **extra)
-        return self._next("offer_import")
+        record["lines_in_error"] = len(record["errors"])
+        record["lines_in_success"] = len(offers) - len(record["errors"])
+        self.imports[record["import_id"]] = record
+        return int(record["import_id"])
+
+    def _offer_line_error(self, item: dict) -> str | None:
+        """Why the operator refuses one OF24 line, or None."""
+        action = item.get("update_delete") or "update"
+        if action not in ("update", "delete"):
+            return f"The update-delete value '{action}' is invalid: leave it empty, or use update or delete"
+        if action == "delete":
+            return None
+        try:
+            price = Decimal(str(item["price"]))
+            quantity = int(item.get("quantity") or 0)
+            leadtime = int(item["leadtime_to_ship"]) if item.get("leadtime_to_ship") is not None else 0
+        except (ArithmeticError, TypeError, ValueError):
+            return "The price, quantity or leadtime-to-ship is not a number"
+        if price <= 0:
+            return "The price must be greater than 0"
+        if quantity < 0 or leadtime < 0:
+            return "The quantity and the leadtime-to-ship must be 0 or more"
+        if str(item["state_code"]) not in OFFER_STATE_CODES:
+            return f"The state of the product is unknown: '{item['state_code']}'"
+        if item.get("logistic_class") and item["logistic_class"] not in LOGISTIC_CLASSES:
+            return f"The logistic class '{item['logistic_class']}' is unknown"
+        id_type, reference = str(item["product_id_type"]), str(item["product_id"])
+        if id_type not in PRODUCT_ID_TYPES:
+            return f"The product id type '{id_type}' is unknown"
+        product = self.known_product(id_type, reference)
+        if product is None and self.settings.unknown_products == "reject":
+            return "The product does not exist"
+        existing = self.live_offer(item["shop_sku"])
+        if existing and product and existing["product_sku"] != product["product_sku"]:
+            return "The product linked to the new offer is different from the product linked to the existing offer"
+        return None
+
+    def offer_import_status_json(self, record: dict) -> dict:
+        """OF02: an offer import's progress and counts."""
+        return {
+            "date_created": record["date_created"], "has_error_report": bool(record["errors"]),
+            "import_id": int(record["import_id"]), "lines_in_error": record["lines_in_error"],
+            "lines_in_pending": 0, "lines_in_success": record["lines_in_success"],
+            "lines_read": record["lines_read"], "mode": "NORMAL", "offer_deleted": record["offer_deleted"],
+            "offer_inserted": record["offer_inserted"], "offer_updated": record["offer_updated"],
+            "reason_status": "", "status": record["status"], "type": "MIRAKL",
+        }
+
+    def offer_error_report_csv(self, record: dict) -> str:
+        """OF03: each refused line with its offer columns, then ``error-line`` and ``error-message``."""
+        if not record["errors"]:
+            raise ApiError(404, f"No error report for import {record['import_id']}")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter=";", lineterminator="\n", quoting=csv.QUOTE_ALL)
+        writer.writerow([column for column, _ in OFFER_REPORT_COLUMNS] + ["error-line", "error-message"])
+        for number, reason, item in record["errors"]:
+            writer.writerow(["" if item.get(key) is None else item.get(key) for _, key in OFFER_REPORT_COLUMNS]
+                            + [number, reason])
+        return buffer.getvalue()
+
+    # P41, P42, P44, P45 ---------------------------------------------------------------------------
+    def create_product_import(self, now: datetime, content: bytes | None) -> dict:
+        """P41: a product file (CSV, ``;``-separated, the operator's attribute codes as header)."""
+        if content is None:
+            raise ApiError(400, "A multipart/form-data part named 'file' with the product file is required")
+        try:
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ApiError(400, "The file must be UTF-8 encoded CSV") from error
+        rows = [r for r in csv.reader(io.StringIO(text), delimiter=";") if any(cell.strip() for cell in r)]
+        if len(rows) < 2:
+            raise ApiError(400, "The product file needs a header line and at least one product")
+        header = [h.strip() for h in rows[0]]
+        record = {"import_id": str(self._next("product_import")), "kind": "product", "date_created": iso(now),
+                  "status": "WAITING", "polls": 0, "header": header, "raw_rows": rows[1:], "errors": [],
+                  "added": []}
+        self.product_imports[record["import_id"]] = record
+        return record
+
+    def get_product_import(self, import_id: str) -> dict:
+        record = self.product_imports.get(import_id)
+        if record is None:
+            raise ApiError(404, f"Product import {import_id} not found")
+        return record
+
+    def poll_product_import(self, now: datetime, import_id: str) -> dict:
+        """P42: asking for the status is what moves the import along (or the delay passing)."""
+        record = self.get_product_import(import_id)
+        record["polls"] += 1
+        if record["status"] == "WAITING":
+            record["status"] = "RUNNING"
+        if record["polls"] >= self.settings.import_complete_after_polls:
+            self._integrate_products(record)
+        return record
+
+    def _integrate_products(self, record: dict) -> None:
+        if record["status"] in ("COMPLETE", "FAILED"):
+            return
+        required = [a.strip() for a in self.settings.product_required_attributes.split(",") if a.strip()]
+        for raw in record["raw_rows"]:
+            row = dict(zip(record["header"], (cell.strip() for cell in raw)))
+            reason = self._product_row_error(row, required)
+            if reason:
+                record["errors"].append((raw, reason))
+                continue
+            ean = row.get(self.settings.product_ean_attribute, "")
+            product = self.register_product("EAN", ean, title=row.get("title"), category=row.get("category") or "")
+            sku = row.get(self.settings.product_sku_attribute, "")
+            if sku:
+                self.products[f"SHOP_SKU|{sku}"] = product
+            record["added"].append((raw, product["product_sku"]))
+        record["status"] = "COMPLETE"
+
+    def _product_row_error(self, row: dict, required: list[str]) -> str | None:
+        missing = [name for name in required if not row.get(name)]
+        if missing:
+            return f"Attribute '{missing[0]}' is required"
+        ean = row.get(self.settings.product_ean_attribute, "")
+        if ean and not valid_gtin(ean):
+            return f"The EAN '{ean}' is invalid (wrong length or check digit)"
+        return None
+
+    def product_import_status_json(self, record: dict) -> dict:
+        complete = record["status"] == "COMPLETE"
+        read = len(record["raw_rows"])
+        return {
+            "date_created": record["date_created"], "has_error_report": complete and bool(record["errors"]),
+            "has_new_product_report": complete and bool(record["added"]), "has_transformation_error_report": False,
+            "has_transformed_file": False, "import_id": int(record["import_id"]), "import_status": record["status"],
+            "shop_id": self.settings.shop_id, "transform_lines_in_error": 0, "transform_lines_in_success": read,
+            "transform_lines_read": read, "transform_lines_with_warning": 0,
+            "integration_details": {
+                "invalid_products": len(record["errors"]), "products_not_accepted_in_time": 0,
+                "products_not_synchronized_in_time": 0, "products_reimported": 0,
+                "products_successfully_synchronized": len(record["added"]),
+                "products_with_synchronization_issues": 0, "products_with_wrong_identifiers": 0,
+                "rejected_products": len(record["errors"]),
+            },
+        }
+
+    def product_report_csv(self, record: dict, which: str) -> str:
+        """P44 (``errors``: the product lines not integrated and why) or P45 (``added``: with their product SKU)."""
+        lines = record[which]
+        if record["status"] != "COMPLETE" or not lines:
+            raise ApiError(404, f"No {'error' if which == 'errors' else 'new product'} report for import "
+                                f"{record['import_id']}")
+        extra = "errors" if which == "errors" else "product-sku"
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter=";", lineterminator="\n")
+        writer.writerow([*record["header"], extra])
+        for raw, value in lines:
+            writer.writerow([*raw, value])
+        return buffer.getvalue()
 
     # Stock and price imports -------------------------------------------------------------------
     def create_import(self, now: datetime, kind: str, content: bytes | None) -> dict:
@@ -1124,11 +1339,14 @@ class MiraklStore:
                 self._auto_cancel(order, iso(deadline))
             elif order["state"] == "WAITING_DEBIT_PAYMENT" and order["debit_due"] and order["debit_due"] <= stamp:
                 self.debit(parse_iso(order["debit_due"]), order["order_id"])
-        for record in self.imports.values():
+        for record in [*self.imports.values(), *self.product_imports.values()]:
             if record["status"] in ("WAITING", "RUNNING"):
                 created = parse_iso(record["date_created"])
                 if now >= created + timedelta(seconds=self.settings.import_delay_s):
-                    self._complete_import(now, record)
+                    if record["kind"] == "product":
+                        self._integrate_products(record)
+                    else:
+                        self._complete_import(now, record)
 
     def _auto_cancel(self, order: dict, stamp: str) -> None:
         lines = self._lines(order)
@@ -1144,6 +1362,7 @@ class MiraklStore:
             "settings": asdict(self.settings), "offers": [self.offers[s] for s in self._offer_order],
             "orders": list(self.orders.values()), "imports": list(self.imports.values()),
             "transactions": self.transactions, "invoices": self.invoices, "counters": self.counters,
+            "products": list(self.products.items()), "product_imports": list(self.product_imports.values()),
             "cycle_id": self.cycle_id, "cycle_started": self.cycle_started,
         }
 
@@ -1157,11 +1376,26 @@ class MiraklStore:
         for record in state.get("imports", []):
             record["errors"] = [tuple(e) for e in record["errors"]]
             self.imports[record["import_id"]] = record
+        self.products = dict(state.get("products", []))
+        self.product_imports = {}
+        for record in state.get("product_imports", []):
+            record["errors"] = [tuple(e) for e in record["errors"]]
+            record["added"] = [tuple(a) for a in record["added"]]
+            self.product_imports[record["import_id"]] = record
         self.transactions = state.get("transactions", [])
         self.invoices = state.get("invoices", [])
         self.counters.update(state.get("counters", {}))
         self.cycle_id = state.get("cycle_id", self.cycle_id)
         self.cycle_started = state.get("cycle_started")
+
+
+def valid_gtin(code: str) -> bool:
+    """A GTIN-8/12/13/14 (EAN, UPC) with a correct check digit."""
+    if not code.isdigit() or len(code) not in (8, 12, 13, 14):
+        return False
+    digits = [int(c) for c in code]
+    total = sum(d * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits[:-1])))
+    return (10 - total % 10) % 10 == digits[-1]
 
 
 def _transaction_matches(row: dict, filters: dict) -> bool:

@@ -46,6 +46,42 @@ class OrderPolicy:
     refuse_short_stock: bool = True
 
 
+PRODUCT_ID_SOURCES = ("global_unique_id", "meta", "shop_sku")
+RETIRE_POLICIES = ("delete", "zero")
+
+
+@dataclass(frozen=True)
+class CatalogueSelection:
+    """Which WooCommerce products are published on a marketplace; empty selects nothing."""
+
+    categories: tuple[str, ...] = ()  # category ids, slugs or names
+    tags: tuple[str, ...] = ()  # tag ids, slugs or names
+    skus: tuple[str, ...] = ()  # product or variation SKUs (a parent's SKU selects its variations)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.categories or self.tags or self.skus)
+
+
+@dataclass(frozen=True)
+class CataloguePolicy:
+    """How WooCommerce products become this marketplace's offers (the catalogue publish flow)."""
+
+    selection: CatalogueSelection = field(default_factory=CatalogueSelection)
+    # Where an offer's product reference comes from: WooCommerce's GTIN field, a meta key,
+    # or the shop SKU itself (only where the operator accepts SHOP_SKU references).
+    product_id_source: str = "global_unique_id"
+    product_id_meta_key: str = ""
+    product_id_type: str = "EAN"
+    state_code: str = "11"
+    leadtime_to_ship: int = 2
+    logistic_class: str = ""
+    leadtime_meta_key: str = "_mirakl_leadtime_to_ship"  # a product's own lead time overrides the default
+    retire: str = "delete"  # deselected, deleted or draft products: delete the offer, or keep it at zero stock
+    product_import: bool = False  # send products the operator does not know through P41
+    attributes_file: str = "product_attributes.yaml"
+
+
 @dataclass(frozen=True)
 class Marketplace:
     """One Mirakl marketplace the store sells on, and how to treat it."""
@@ -64,6 +100,7 @@ class Marketplace:
     commission_rate: Decimal = Decimal("0.10")
     commission_tolerance: Decimal = Decimal("0.01")
     schedules: dict[str, str] = field(default_factory=dict)
+    catalogue: CataloguePolicy = field(default_factory=CataloguePolicy)
 
     def schedule(self, flow: str, default: str | None) -> str | None:
         return self.schedules.get(flow, default)
@@ -129,6 +166,62 @@ def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
         commission_rate=Decimal(str(entry.get("commission_rate", "0.10"))),
         commission_tolerance=Decimal(str(entry.get("commission_tolerance", "0.01"))),
         schedules=dict(entry.get("schedules") or {}),
+        catalogue=_catalogue(entry.get("catalogue"), name, path),
+    )
+
+
+def _strings(value: Any, what: str, path: Path) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: {what} must be a list, got {value!r}")
+    return tuple(str(v).strip() for v in value if str(v).strip())
+
+
+def _catalogue(entry: Any, name: str, path: Path) -> CataloguePolicy:
+    if entry is None:
+        return CataloguePolicy()
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} catalogue must be a mapping")
+    where = f"marketplace {name!r} catalogue"
+    select = entry.get("select") or {}
+    if not isinstance(select, dict):
+        raise ConfigError(f"{path}: {where}.select must be a mapping of categories, tags and skus")
+    unknown = sorted(set(select) - {"categories", "tags", "skus"})
+    if unknown:
+        raise ConfigError(f"{path}: {where}.select has unknown keys {unknown}; use categories, tags, skus")
+    product_id = entry.get("product_id") or {}
+    source = str(product_id.get("source", "global_unique_id"))
+    if source not in PRODUCT_ID_SOURCES:
+        raise ConfigError(f"{path}: {where}.product_id.source {source!r} must be one of {list(PRODUCT_ID_SOURCES)}")
+    meta_key = str(product_id.get("meta_key") or "")
+    if source == "meta" and not meta_key:
+        raise ConfigError(f"{path}: {where}.product_id.source is 'meta' but no product_id.meta_key is given")
+    id_type = str(product_id.get("type") or ("SHOP_SKU" if source == "shop_sku" else "EAN"))
+    defaults = entry.get("defaults") or {}
+    leadtime = int(defaults.get("leadtime_to_ship", 2))
+    if leadtime < 0:
+        raise ConfigError(f"{path}: {where}.defaults.leadtime_to_ship must be 0 or more")
+    retire = str(entry.get("retire", "delete"))
+    if retire not in RETIRE_POLICIES:
+        raise ConfigError(f"{path}: {where}.retire {retire!r} must be one of {list(RETIRE_POLICIES)}")
+    products = entry.get("product_import") or {}
+    return CataloguePolicy(
+        selection=CatalogueSelection(
+            categories=_strings(select.get("categories"), f"{where}.select.categories", path),
+            tags=_strings(select.get("tags"), f"{where}.select.tags", path),
+            skus=_strings(select.get("skus"), f"{where}.select.skus", path),
+        ),
+        product_id_source=source,
+        product_id_meta_key=meta_key,
+        product_id_type=id_type,
+        state_code=str(defaults.get("state_code", "11")),
+        leadtime_to_ship=leadtime,
+        logistic_class=str(defaults.get("logistic_class") or ""),
+        leadtime_meta_key=str(defaults.get("leadtime_meta_key", "_mirakl_leadtime_to_ship")),
+        retire=retire,
+        product_import=bool(products.get("enabled", False)),
+        attributes_file=str(products.get("attributes_file", "product_attributes.yaml")),
     )
 
 

@@ -30,11 +30,14 @@ from include.woo_mirakl.clients.mirakl_models import (
     MessageThread,
     Offer,
     Order,
+    ProductImportStatus,
     RefundLine,
     RefundResult,
     Transaction,
+    parse_csv_report,
     parse_datetime,
     parse_error_report,
+    parse_offer_error_report,
 )
 
 MAX_PAGE_SIZE = 100  # offset pagination: "max" may not exceed 100
@@ -442,6 +445,40 @@ class MiraklClient(HttpClient):
             raise ValueError("OF24: no offers")
         answer = self._call("POST", "/api/offers", "OF24", json_body={"offers": offers})
         return self._import_id(answer, "OF24")
+
+    def offer_import_status(self, import_id: str) -> ImportStatus:
+        """OF02 (at most once a minute): where an OF24 import stands."""
+        return ImportStatus.from_api(self._call("GET", f"/api/offers/imports/{_seg(import_id)}", "OF02") or {})
+
+    def offer_error_report(self, import_id: str) -> list[ErrorReportLine]:
+        """OF03 (at most once a minute): the refused lines of an OF24 import and why."""
+        text = self._call("GET", f"/api/offers/imports/{_seg(import_id)}/error_report", "OF03", expect="text")
+        return parse_offer_error_report(text or "")
+
+    def import_products(self, product_file: bytes, filename: str = "products.csv") -> str:
+        """P41 (at most every 15 minutes): a product file in the operator's attribute codes."""
+        if not product_file:
+            raise ValueError("P41: empty product file")
+        answer = self._call("POST", "/api/products/imports", "P41",
+                            files={"file": (filename, product_file, "text/csv")})
+        return self._import_id(answer, "P41")
+
+    def product_import_status(self, import_id: str) -> ProductImportStatus:
+        """P42 (at most once a minute)."""
+        return ProductImportStatus.from_api(
+            self._call("GET", f"/api/products/imports/{_seg(import_id)}", "P42") or {}
+        )
+
+    def product_error_report(self, import_id: str) -> list[dict[str, str]]:
+        """P44: the products the operator did not integrate, each with its columns and the reason."""
+        text = self._call("GET", f"/api/products/imports/{_seg(import_id)}/error_report", "P44", expect="text")
+        return parse_csv_report(text or "")
+
+    def product_integration_report(self, import_id: str) -> list[dict[str, str]]:
+        """P45: the products the operator integrated."""
+        text = self._call("GET", f"/api/products/imports/{_seg(import_id)}/new_product_report", "P45",
+                          expect="text")
+        return parse_csv_report(text or "")
 
     def import_stock(self, lines: Iterable[StockLine]) -> str:
         """STO01: upload one stock file (absolute quantities); returns the import id."""

@@ -417,6 +417,54 @@ def parse_error_report(text: str) -> list[ErrorReportLine]:
     return out
 
 
+def parse_csv_report(text: str) -> list[dict[str, str]]:
+    """A ``;``-separated report with a header line (OF03, P44, P45) as rows keyed by column name."""
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        return []
+    return [row for row in csv.DictReader(io.StringIO(text), delimiter=";")
+            if any((value or "").strip() for value in row.values())]
+
+
+def parse_offer_error_report(text: str) -> list[ErrorReportLine]:
+    """OF03: the refused offer lines; unlike STO03/PRI03 the reason comes last (``error-message``)."""
+    out = []
+    for row in parse_csv_report(text):
+        values = {k: v for k, v in row.items() if k not in ("error-line", "error-message") and k is not None}
+        out.append(ErrorReportLine(line_number=_int(row.get("error-line")), error=row.get("error-message") or "",
+                                   values=values))
+    return out
+
+
+@dataclass
+class ProductImportStatus:
+    """P42: where a product import (P41) stands; reports exist once it is COMPLETE."""
+
+    import_id: str
+    status: str | None
+    has_error_report: bool
+    has_new_product_report: bool
+    reason_status: str | None = None
+    raw: dict = field(repr=False, default_factory=dict)
+
+    FINAL_STATUSES = frozenset({"COMPLETE", "FAILED", "CANCELLED", "TRANSFORMATION_FAILED"})
+
+    @classmethod
+    def from_api(cls, data: dict) -> "ProductImportStatus":
+        return cls(
+            import_id=str(data.get("import_id")),
+            status=data.get("import_status"),
+            has_error_report=bool(data.get("has_error_report")),
+            has_new_product_report=bool(data.get("has_new_product_report")),
+            reason_status=data.get("reason_status"),
+            raw=data,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return (self.status or "").upper() in self.FINAL_STATUSES
+
+
 @dataclass
 class Carrier:
     """SH21: a carrier the operator accepts in OR23."""
