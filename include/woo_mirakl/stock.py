@@ -1,0 +1,152 @@
+"""What a marketplace offer should say, computed from WooCommerce: pure functions, no I/O.
+
+*Available to promise* (ATP) for one SKU on one marketplace::
+
+    ATP = WooCommerce stock − marketplace demand not yet reserved in WooCommerce − safety buffer,
+          floored at 0.
+
+Rules for products that are not plain stock-managed items:
+
+* stock not managed (``manage_stock`` false): ``instock``/``onbackorder`` → the marketplace's
+  ``unmanaged_in_stock_quantity``, ``outofstock`` → 0 (then demand and buffer apply as usual);
+* not published (draft, pending, private) → 0: it is not for sale anywhere;
+* a variable product's parent is never an offer; each variation is, under its own SKU;
+* a variation without a SKU cannot be matched to an offer: it is reported, never pushed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from include.woo_mirakl.config import Marketplace
+
+SELLABLE_STATUSES = frozenset({"publish"})
+IN_STOCK_STATUSES = frozenset({"instock", "onbackorder"})
+NOT_OFFERS = frozenset({"variable", "grouped", "external"})
+
+
+@dataclass(frozen=True)
+class WooItem:
+    """The stock- and price-relevant fields of a WooCommerce product or variation."""
+
+    id: int
+    sku: str
+    type: str
+    status: str
+    manage_stock: bool | str
+    stock_quantity: int | None
+    stock_status: str
+    price: Decimal | None
+    parent_id: int = 0
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> "WooItem":
+        """From a ``wc/v3`` product or variation (``/variations`` items carry ``parent_id``)."""
+        quantity = data.get("stock_quantity")
+        return cls(
+            id=int(data["id"]),
+            sku=str(data.get("sku") or "").strip(),
+            type=str(data.get("type") or ("variation" if data.get("parent_id") else "simple")),
+            status=str(data.get("status") or "publish"),
+            manage_stock=data.get("manage_stock", False),
+            stock_quantity=int(quantity) if quantity not in (None, "") else None,
+            stock_status=str(data.get("stock_status") or "instock"),
+            price=parse_price(data.get("price")),
+            parent_id=int(data.get("parent_id") or 0),
+        )
+
+    @property
+    def is_offer(self) -> bool:
+        """Whether this item is sold as a marketplace offer (parents of variations are not)."""
+        return self.type not in NOT_OFFERS
+
+    @property
+    def is_variation(self) -> bool:
+        return self.type == "variation"
+
+
+@dataclass(frozen=True)
+class OfferTarget:
+    """What the offer for ``sku`` should show on the marketplace."""
+
+    sku: str
+    quantity: int
+    price: Decimal | None
+
+
+def parse_price(value: Any) -> Decimal | None:
+    """WooCommerce prices are strings; empty means "no price" (not zero)."""
+    if value is None or value == "":
+        return None
+    try:
+        price = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return price if price.is_finite() and price >= 0 else None
+
+
+def woo_stock(item: WooItem, unmanaged_in_stock_quantity: int) -> int:
+    """The units WooCommerce says it can sell, before marketplace demand and buffer."""
+    if item.status not in SELLABLE_STATUSES:
+        return 0
+    # "parent" means the variation shares its parent's stock; WooCommerce reports that stock here.
+    managed = item.manage_stock is True or item.manage_stock == "parent"
+    if managed and item.stock_quantity is not None:
+        return item.stock_quantity
+    return unmanaged_in_stock_quantity if item.stock_status in IN_STOCK_STATUSES else 0
+
+
+def available_to_promise(stock: int, unreserved_demand: int, safety_buffer: int) -> int:
+    """ATP = stock − demand not yet reserved in WooCommerce − buffer, never below 0."""
+    if unreserved_demand < 0 or safety_buffer < 0:
+        raise ValueError(f"demand ({unreserved_demand}) and safety buffer ({safety_buffer}) cannot be negative")
+    return max(0, stock - unreserved_demand - safety_buffer)
+
+
+def offer_target(item: WooItem, marketplace: Marketplace, unreserved_demand: int = 0) -> OfferTarget:
+    """The offer an item should become on ``marketplace``; the item must be an offer with a SKU."""
+    if not item.is_offer:
+        raise ValueError(f"WooCommerce product {item.id} is a {item.type} product, not an offer")
+    if not item.sku:
+        raise ValueError(f"WooCommerce product {item.id} has no SKU")
+    quantity = available_to_promise(
+        woo_stock(item, marketplace.unmanaged_in_stock_quantity), unreserved_demand, marketplace.safety_buffer
+    )
+    price = marketplace.price_rule.apply(item.price) if item.price is not None else None
+    return OfferTarget(item.sku, quantity, price)
+
+
+@dataclass(frozen=True)
+class AcceptedOffer:
+    """What the integration believes the marketplace holds for a SKU, and what is in flight."""
+
+    quantity: int | None = None
+    price: Decimal | None = None
+    pending_quantity: int | None = None
+    pending_price: Decimal | None = None
+
+
+def quantity_to_send(target: OfferTarget, known: AcceptedOffer | None) -> int | None:
+    """The quantity to put in this cycle's stock file, or None when the marketplace is up to date.
+
+    While an import is in flight its value is the expected one (sending it again would be a
+    double push); otherwise the accepted one is.
+    """
+    basis = None
+    if known is not None:
+        basis = known.pending_quantity if known.pending_quantity is not None else known.quantity
+    return None if basis == target.quantity else target.quantity
+
+
+def price_to_send(target: OfferTarget, known: AcceptedOffer | None) -> Decimal | None:
+    """The price to put in this cycle's price file, or None when unchanged or unknown."""
+    if target.price is None:
+        return None
+    basis = None
+    if known is not None:
+        basis = known.pending_price if known.pending_price is not None else known.price
+    if basis is not None and Decimal(basis) == target.price:
+        return None
+    return target.price
+
