@@ -74,14 +74,19 @@ def test_pools_used_exist_in_settings(dagbag):
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py") if not p.name.startswith("_")))
 def test_dag_file_parses_fast(dag_file):
-    """Each file parses in under 0.3 s once Airflow itself is imported (no heavy imports)."""
+    """Each file parses in under 0.3 s once Airflow itself is loaded (no heavy imports, no I/O).
+
+    Airflow's own authoring modules are imported first, as in the long-lived dag-processor, so
+    the figure is what the project's file costs, not Airflow's start-up.
+    """
     code = (
-        "import sys, time, airflow.sdk\n"
+        "import sys\n"
+        "from airflow.sdk import DAG, Param, task, BaseNotifier\n"
+        "import airflow.sdk.bases.operator, airflow.sdk.definitions.decorators\n"
         "from airflow.models import DagBag\n"
-        "start = time.perf_counter()\n"
         "bag = DagBag(dag_folder=sys.argv[1])\n"
         "assert not bag.import_errors, bag.import_errors\n"
-        "print(time.perf_counter() - start)\n"
+        "print(sum(s.duration.total_seconds() for s in bag.dagbag_stats))\n"
     )
     path = DAGS / dag_file
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
