@@ -1,0 +1,328 @@
+"""Finance reports of one reconciled day: CSV files, one XLSX workbook, one HTML page with charts.
+
+Everything for a day lives in ``<root>/reconciliation/<marketplace>/<date>/`` and is written
+to a temporary directory first, then swapped in, so a re-run (a backfill) replaces that day
+only and a reader never sees half a report. The HTML page is self-contained: its charts are
+inline SVG, with no script and no network access.
+"""
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.woo_mirakl.reconciliation import Reconciliation
+
+REPORTS_ENV = "WOO_MIRAKL_REPORTS_DIR"
+SHEETS = ("summary", "lines", "findings", "payouts")
+TREND_DAYS = 28
+SERIES = (("sales", "Sales", "#2b6cb0"), ("commissions", "Commission", "#c05621"), ("payout_paid", "Payout", "#2f855a"))
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where one day's report files are."""
+
+    directory: Path
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.directory / "summary.csv"
+
+    @property
+    def lines_csv(self) -> Path:
+        return self.directory / "lines.csv"
+
+    @property
+    def findings_csv(self) -> Path:
+        return self.directory / "findings.csv"
+
+    @property
+    def payouts_csv(self) -> Path:
+        return self.directory / "payouts.csv"
+
+    @property
+    def workbook(self) -> Path:
+        return self.directory / "reconciliation.xlsx"
+
+    @property
+    def html(self) -> Path:
+        return self.directory / "index.html"
+
+
+def reports_root() -> Path:
+    """``$WOO_MIRAKL_REPORTS_DIR``, else ``reports/`` under ``$WOO_MIRAKL_HOME`` (or the project)."""
+    explicit = os.environ.get(REPORTS_ENV)
+    if explicit:
+        return Path(explicit)
+    home = os.environ.get("WOO_MIRAKL_HOME") or Path(__file__).resolve().parents[2]
+    return Path(home) / "reports"
+
+
+def marketplace_dir(marketplace: str, root: Path | None = None) -> Path:
+    return (root or reports_root()) / "reconciliation" / marketplace
+
+
+def day_paths(marketplace: str, day: date, root: Path | None = None) -> ReportPaths:
+    return ReportPaths(marketplace_dir(marketplace, root) / day.isoformat())
+
+
+def write_reports(result: Reconciliation, marketplace: str, day: date, root: Path | None = None) -> ReportPaths:
+    """Write the day's CSVs, workbook and HTML page, replacing that day's earlier report if any."""
+    final = day_paths(marketplace, day, root)
+    parent = final.directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = ReportPaths(parent / f".{day.isoformat()}.{uuid.uuid4().hex}.tmp")
+    staging.directory.mkdir()
+    try:
+        frames = {"summary": result.summary, "lines": result.lines, "findings": result.findings,
+                  "payouts": result.payouts}
+        for name, frame in frames.items():
+            frame.to_csv(staging.directory / f"{name}.csv", index=False, float_format="%.2f", lineterminator="\n")
+        _write_workbook(frames, staging.workbook, day)
+        trend = load_trend(marketplace, day, result.summary, root)
+        staging.html.write_text(render_html(result, trend, marketplace, day), encoding="utf-8")
+        _swap_in(staging.directory, final.directory)
+    finally:
+        shutil.rmtree(staging.directory, ignore_errors=True)
+    return final
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace ``final`` by ``new``: two renames, so the old report disappears only once the new one is whole."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_workbook(frames: dict[str, pd.DataFrame], path: Path, day: date) -> None:
+    import pandas as pd
+
+    with pd.ExcelWriter(path, engine="openpyxl") as writer:
+        for name in SHEETS:
+            frame = frames[name].copy()
+            for column in frame.columns:  # Excel has no pandas NA nor time zones
+                if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+                    frame[column] = frame[column].dt.tz_localize(None)
+                elif str(frame[column].dtype) in ("Int64", "string"):
+                    frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+            frame.to_excel(writer, sheet_name=name, index=False)
+            sheet = writer.sheets[name]
+            sheet.freeze_panes = "A2"
+            for cells in sheet.columns:
+                width = max(len(str(c.value)) if c.value is not None else 0 for c in cells)
+                sheet.column_dimensions[cells[0].column_letter].width = min(max(width + 2, 10), 60)
+        writer.book.properties.title = f"Mirakl reconciliation {day.isoformat()}"
+
+
+def read_summary(path: Path) -> dict[str, str]:
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        return {row["metric"]: row["value"] for row in csv.DictReader(fh)}
+
+
+def load_trend(marketplace: str, day: date, today: pd.DataFrame, root: Path | None = None) -> list[dict[str, Any]]:
+    """Sales, commission and payout of the last :data:`TREND_DAYS` days up to ``day``, from the
+    summaries already written (days not reconciled yet are left out, not guessed)."""
+    points = []
+    base = marketplace_dir(marketplace, root)
+    for offset in range(TREND_DAYS - 1, 0, -1):
+        past = day - timedelta(days=offset)
+        path = base / past.isoformat() / "summary.csv"
+        if path.exists():
+            values = read_summary(path)
+            points.append({"date": past, **{key: float(values.get(key) or 0) for key, _, _ in SERIES}})
+    current = dict(zip(today["metric"], today["value"]))
+    points.append({"date": day, **{key: float(current.get(key) or 0) for key, _, _ in SERIES}})
+    return points
+
+
+# ---- HTML --------------------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if value is None or (not isinstance(value, str) and value != value):
+        return ""
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, css: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(None if v is None or _is_na(v) else v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False, name=None)
+    )
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _is_na(value: Any) -> bool:
+    import pandas as pd
+
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def trend_chart(points: list[dict[str, Any]], width: int = 760, height: int = 260) -> str:
+    """Grouped bars per day: sales, commission (as a positive cost) and payout, as inline SVG."""
+    left, bottom, top = 60, 40, 20
+    plot_w, plot_h = width - left - 20, height - bottom - top
+    values = [abs(p[key]) for p in points for key, _, _ in SERIES] or [0.0]
+    peak = max(values) or 1.0
+    slot = plot_w / max(len(points), 1)
+    bar = max(slot / (len(SERIES) + 1), 1.0)
+    parts = [f'<svg class="chart" id="chart-trend" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" role="img" aria-label="Daily sales, commission and payout">',
+             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
+             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="10">{peak:,.0f}</text>',
+             f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="10">0</text>']
+    for index, point in enumerate(points):
+        x0 = left + index * slot + bar / 2
+        for series_index, (key, label, colour) in enumerate(SERIES):
+            value = abs(point[key])
+            h = plot_h * value / peak
+            x = x0 + series_index * bar
+            parts.append(f'<rect class="bar {key}" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" '
+                         f'height="{h:.1f}" fill="{colour}"><title>{point["date"]:%Y-%m-%d} {label}: '
+                         f'{value:,.2f}</title></rect>')
+        if len(points) <= 10 or index % 7 == 0 or index == len(points) - 1:
+            parts.append(f'<text x="{x0 + bar:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">'
+                         f'{point["date"]:%m-%d}</text>')
+    for series_index, (_, label, colour) in enumerate(SERIES):
+        x = left + series_index * 110
+        parts.append(f'<rect x="{x}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 14}" y="{height - 5}" font-size="11">{label}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def findings_chart(findings: pd.DataFrame, kinds: tuple[str, ...], width: int = 760) -> str:
+    """Horizontal bars: how many findings of each kind."""
+    counts = findings["kind"].value_counts()
+    row_h, left = 24, 240
+    height = row_h * len(kinds) + 20
+    peak = max([int(counts.get(k, 0)) for k in kinds] + [1])
+    parts = [f'<svg class="chart" id="chart-findings" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" role="img" aria-label="Findings by kind">']
+    for index, kind in enumerate(kinds):
+        count = int(counts.get(kind, 0))
+        y = 10 + index * row_h
+        w = (width - left - 60) * count / peak
+        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(kind)}</text>'
+                     f'<rect class="bar finding" data-kind="{html.escape(kind)}" x="{left}" y="{y}" width="{w:.1f}" '
+                     f'height="{row_h - 6}" fill="#c53030"><title>{html.escape(kind)}: {count}</title></rect>'
+                     f'<text x="{left + w + 6:.1f}" y="{y + 15}" font-size="12">{count}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a202c}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #cbd5e0;padding:3px 6px;text-align:right}th{background:#edf2f7}
+td:first-child,th:first-child{text-align:left}
+.kpis{display:flex;gap:12px;flex-wrap:wrap}.kpi{border:1px solid #cbd5e0;border-radius:6px;padding:8px 14px}
+.kpi b{display:block;font-size:18px}.bad{color:#c53030}
+"""
+
+
+def render_html(result: Reconciliation, trend: list[dict[str, Any]], marketplace: str, day: date) -> str:
+    from include.woo_mirakl.reconciliation import FINDING_KINDS
+
+    summary = dict(zip(result.summary["metric"], result.summary["value"]))
+    currency = html.escape(str(summary.get("currency", "")))
+    kpis = "".join(
+        f'<div class="kpi">{label}<b{" class=bad" if key == "findings" and summary.get(key) else ""}>'
+        f'{html.escape(_fmt(summary.get(key)))}{" " + currency if key != "findings" else ""}</b></div>'
+        for key, label in (("sales", "Sales"), ("commissions", "Commissions"), ("refunds", "Refunds"),
+                           ("other_fees", "Other fees"), ("net_amount", "Net of the day"),
+                           ("payout_expected", "Payout expected"), ("payout_paid", "Payout paid"),
+                           ("findings", "Findings"))
+    )
+    title = f"Mirakl reconciliation — {html.escape(marketplace)} — {day.isoformat()}"
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
+        f'<div class="kpis">{kpis}</div>'
+        f"<h2>Daily sales, commission and payout (last {TREND_DAYS} days)</h2>{trend_chart(trend)}"
+        f"<h2>Findings by kind</h2>{findings_chart(result.findings, FINDING_KINDS)}"
+        f'<h2>Findings ({len(result.findings)})</h2>{_table(result.findings, "findings")}'
+        f'<h2>Payouts ({len(result.payouts)})</h2>{_table(result.payouts, "payouts")}'
+        f'<h2>Summary</h2>{_table(result.summary, "summary")}'
+        f'<h2>Order lines ({len(result.lines)})</h2>{_table(result.lines, "lines")}'
+        "</body></html>\n"
+    )
+
+
+def email_body(summary_frame: pd.DataFrame, marketplace: str, day: date, paths: ReportPaths) -> str:
+    """The finance e-mail: headline figures, findings by kind, where the files are."""
+    summary = dict(zip(summary_frame["metric"], summary_frame["value"]))
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in summary.items())
+    return (f"<p>Mirakl reconciliation of <b>{html.escape(marketplace)}</b> for <b>{day.isoformat()}</b>: "
+            f"{summary.get('findings', 0)} finding(s). The workbook is attached; all files are in "
+            f"<code>{html.escape(str(paths.directory))}</code>.</p><table>{rows}</table>")
+
+
+FINANCE_EMAIL_VARIABLE = "woo_mirakl_finance_email"
+
+
+def finance_recipient() -> str | None:
+    """Variable ``woo_mirakl_finance_email``, else the alert address; None when neither is set."""
+    from airflow.sdk import Variable
+
+    from include.woo_mirakl.alerts import EMAIL_VARIABLE
+
+    for name in (FINANCE_EMAIL_VARIABLE, EMAIL_VARIABLE):
+        try:
+            value = Variable.get(name)
+        except Exception:  # a missing variable raises the SDK's own not-found type
+            continue
+        if value:
+            return value
+    return None
+
+
+def send_finance_email(marketplace: str, day: date, paths: ReportPaths, context: dict[str, Any] | None = None) -> bool:
+    """E-mail finance the day's summary with the workbook attached; False when no recipient or connection."""
+    import logging
+
+    from airflow.sdk import BaseHook
+
+    from include.woo_mirakl.alerts import SMTP_CONN_ID
+
+    log = logging.getLogger(__name__)
+    recipient = finance_recipient()
+    try:
+        BaseHook.get_connection(SMTP_CONN_ID)
+    except Exception:  # no mail server configured: the reports are still on disk
+        log.info("no %s connection: finance e-mail for %s not sent", SMTP_CONN_ID, day)
+        return False
+    if not recipient:
+        log.info("no finance address (Variable %s): e-mail for %s not sent", FINANCE_EMAIL_VARIABLE, day)
+        return False
+    import pandas as pd
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    SmtpNotifier(
+        to=recipient, smtp_conn_id=SMTP_CONN_ID, files=[str(paths.workbook)],
+        subject=f"[woo-mirakl] Mirakl reconciliation {marketplace} {day.isoformat()}",
+        html_content=email_body(pd.read_csv(paths.summary_csv, dtype=str), marketplace, day, paths),
+    ).notify(context or {})
+    return True
