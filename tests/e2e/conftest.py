@@ -80,3 +80,147 @@ def advance(sandbox, ledger, seconds: float) -> None:
     """Let simulated time pass for both the sandbox and the call budgets in the ledger."""
     sandbox.clock.advance(seconds)
     ledger.shift_call_times(-seconds)
+
+
+# ---- alert sinks (issue #8): a real SMTP server and a local stand-in for the Slack webhook ----
+
+class MailSink:
+    """An SMTP server on loopback (stdlib smtpd) that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        import asyncore
+        import smtpd
+        import threading
+
+        sink = self
+        self.messages: list = []
+
+        class _Server(smtpd.SMTPServer):
+            def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+                import email
+                from email import policy
+
+                sink.messages.append(email.message_from_bytes(data, policy=policy.default))
+
+        self._map: dict = {}
+        self._server = _Server(("127.0.0.1", 0), None, map=self._map, decode_data=False)
+        self.port = self._server.socket.getsockname()[1]
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, args=(asyncore,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, asyncore) -> None:
+        while self._running:
+            asyncore.loop(timeout=0.05, count=1, map=self._map)
+
+    def bodies(self) -> list[str]:
+        return [m.get_body(preferencelist=("html", "plain")).get_content() for m in self.messages]
+
+    def stop(self) -> None:
+        self._running = False
+        self._thread.join(timeout=2)
+        self._server.close()
+
+
+class SlackSink:
+    """An HTTP server on loopback standing in for a Slack incoming webhook; keeps every JSON payload."""
+
+    def __init__(self, token_path: str = "/services/T0SANDBOX/B0SANDBOX/xoxb-sandbox-webhook-secret") -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.token_path = token_path
+        self.payloads: list[dict] = []
+
+        class _Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ok = self.path == sink.token_path
+                if ok:
+                    sink.payloads.append(json.loads(body))
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok" if ok else b"no_service")
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{token_path}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def texts(self) -> list[str]:
+        return [p.get("text", "") for p in self.payloads]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def mail_sink():
+    sink = MailSink()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def slack_sink():
+    sink = SlackSink()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def alert_env(mail_sink, slack_sink, airflow_env):
+    """The smtp_alerts and slack_alerts connections and the alert address, pointing at the sinks."""
+    values = {
+        "AIRFLOW_CONN_SMTP_ALERTS": json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": mail_sink.port,
+            "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@localhost",
+                      "retry_limit": 0, "timeout": 5},
+        }),
+        "AIRFLOW_CONN_SLACK_ALERTS": json.dumps({"conn_type": "slackwebhook", "password": slack_sink.url}),
+        "AIRFLOW_VAR_WOO_MIRAKL_ALERT_EMAIL": "ops@example.com",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+NO_DEBIT = 10 * 86400  # the operator debits only when a test says so
+
+
+def orders_in_shipping(sandbox, ledger, orders: list[list[tuple[str, int]]], debit: bool = True) -> list[tuple[str, int]]:
+    """Place Mirakl orders and let the orders flow take them to SHIPPING (WooCommerce ``processing``).
+
+    Returns ``(mirakl order id, WooCommerce order id)`` per order; with ``debit`` False they stay
+    accepted and ``WAITING_DEBIT_PAYMENT`` (WooCommerce ``on-hold``).
+    """
+    from include.sandbox.scenarios import customer
+
+    with sandbox.lock:
+        ids = [
+            sandbox.mirakl.place_order(lines=[{"offer_sku": sku, "quantity": qty} for sku, qty in lines],
+                                       customer=customer(index), debit_delay_s=NO_DEBIT)["order_id"]
+            for index, lines in enumerate(orders)
+        ]
+    advance(sandbox, ledger, 61)
+    assert run_dag("mirakl_order_ingest__sandbox").state == "success"
+    if debit:
+        with sandbox.lock:
+            for order_id in ids:
+                sandbox.mirakl.debit(order_id)
+        advance(sandbox, ledger, 61)
+        assert run_dag("mirakl_order_ingest__sandbox").state == "success"
+    found = [(order_id, ledger.get_order("sandbox", order_id).woo_order_id) for order_id in ids]
+    assert all(woo_id for _, woo_id in found), found
+    return found

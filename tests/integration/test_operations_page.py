@@ -1,0 +1,126 @@
+"""The operations page inside Airflow's own API app (in-process): registration, auth, content, acknowledge.
+
+The app under test is Airflow's `create_app()`, which mounts the plugin found in plugins/ the way
+`airflow api-server` does; requests carry a JWT issued by Airflow's auth manager.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+MP = "sandbox"
+LEDGER_PASSWORD = "ledger-db-secret-pw"
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    from include.woo_mirakl.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('ops') / 'ledger.db'}"
+    ledger = Ledger.from_url(url)
+    ledger.raise_exception("status_drift", "ORD-1", {"mirakl_state": "SHIPPED", "woo_status": "processing"}, MP,
+                           severity="warning")
+    ledger.raise_exception("stock_drift", "vs_woocommerce:SKU-7", {"mirakl_quantity": 2, "expected_quantity": 9}, MP,
+                           severity="warning")
+    ledger.raise_exception("woo_order_missing", "ORD-2", {"decision": "accepted"}, MP, severity="critical")
+    for order_id, state in (("A", "WAITING_ACCEPTANCE"), ("B", "SHIPPING"), ("C", "SHIPPING"), ("D", "SHIPPED")):
+        ledger.upsert_order(MP, order_id, mirakl_state=state)
+    ledger.record_sync_success("mirakl_order_ingest", MP, "scheduled__1", {"orders": 4})
+    return ledger, url
+
+
+@pytest.fixture(scope="module")
+def client(ledger, airflow_db):
+    import os
+
+    from fastapi.testclient import TestClient
+
+    _, url = ledger
+    saved = os.environ.get("AIRFLOW_CONN_WOO_MIRAKL_LEDGER")
+    os.environ["AIRFLOW_CONN_WOO_MIRAKL_LEDGER"] = json.dumps(
+        {"conn_type": "generic", "password": LEDGER_PASSWORD, "extra": {"sqlalchemy_url": url}})
+    from airflow.api_fastapi.app import create_app
+
+    with TestClient(create_app(apps="core"), base_url="http://localhost") as test_client:
+        yield test_client
+    if saved is None:
+        os.environ.pop("AIRFLOW_CONN_WOO_MIRAKL_LEDGER", None)
+    else:
+        os.environ["AIRFLOW_CONN_WOO_MIRAKL_LEDGER"] = saved
+
+
+@pytest.fixture(scope="module")
+def token(client) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+
+
+def test_the_plugin_registers_its_app_and_navigation_entry(client, token):
+    reply = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})
+
+    assert reply.status_code == 200
+    plugin = next(p for p in reply.json()["plugins"] if p["name"] == "woo_mirakl_operations")
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/woo-mirakl"
+    view = plugin["external_views"][0]
+    assert view["destination"] == "nav" and view["href"] == "woo-mirakl/"
+
+
+def test_the_page_is_behind_airflows_authentication(client):
+    assert client.get("/woo-mirakl/").status_code == 401
+    assert client.get("/woo-mirakl/", cookies={"_token": "not-a-jwt"}).status_code == 403
+    assert client.post("/woo-mirakl/exceptions/1/acknowledge", headers={"X-Woo-Mirakl-Ack": "1"}).status_code == 401
+
+
+def test_the_page_shows_exceptions_runs_funnel_and_stock_without_secrets(client, token):
+    reply = client.get("/woo-mirakl/", cookies={"_token": token})
+
+    assert reply.status_code == 200
+    page = reply.text
+    assert 'data-marketplace="sandbox"' in page and "3 open exception(s)" in page
+    assert "ORD-1" in page and "woo_order_missing" in page and "vs_woocommerce:SKU-7" in page
+    assert "mirakl_order_ingest" in page
+    assert "shipping: <b>2</b>" in page and "waiting: <b>1</b>" in page and "shipped: <b>1</b>" in page
+    assert LEDGER_PASSWORD not in page and "sqlite" not in page
+
+
+def test_exceptions_filter_by_kind_and_age(client, token):
+    headers = {"Authorization": f"Bearer {token}"}
+
+    by_kind = client.get("/woo-mirakl/api/summary", params={"kind": "stock_drift"}, headers=headers).json()
+    too_young = client.get("/woo-mirakl/api/summary", params={"min_age_hours": 1}, headers=headers).json()
+
+    assert [e["key"] for e in by_kind[0]["exceptions"]] == ["vs_woocommerce:SKU-7"]
+    assert by_kind[0]["open_count"] == 3 and by_kind[0]["stock"][0]["kind"] == "stock_drift"
+    assert too_young[0]["exceptions"] == []
+    assert client.get("/woo-mirakl/api/summary", params={"min_age_hours": -1}, headers=headers).status_code == 422
+
+
+def test_acknowledge_needs_the_page_header_then_records_who(client, token, ledger):
+    store, _ = ledger
+    target = store.get_exception("status_drift", "ORD-1", MP)
+    url = f"/woo-mirakl/exceptions/{target.id}/acknowledge"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    refused = client.post(url, headers=auth)
+    done = client.post(url, headers={**auth, "X-Woo-Mirakl-Ack": "1"})
+    missing = client.post("/woo-mirakl/exceptions/999999/acknowledge", headers={**auth, "X-Woo-Mirakl-Ack": "1"})
+
+    assert refused.status_code == 400
+    assert done.status_code == 200 and done.json() == {"id": target.id, "status": "acknowledged", "acknowledged_by": "admin"}
+    assert missing.status_code == 404
+    assert store.get_exception("status_drift", "ORD-1", MP).status == "acknowledged"
+    page = client.get("/woo-mirakl/", cookies={"_token": token}).text
+    assert "acknowledged by admin" in page
+
+
+def test_the_summary_counts_only_recent_orders_in_the_funnel(ledger):
+    from plugins.operations_page import marketplace_summary
+
+    store, _ = ledger
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+
+    assert set(marketplace_summary(store, MP, now=later)["funnel"].values()) == {0}
