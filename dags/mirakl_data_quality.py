@@ -30,19 +30,12 @@ def build(marketplace: Marketplace) -> None:
 
     @task(pool="mirakl_api")
     def run_checks() -> dict[str, int]:
-        from include.woo_mirakl.config import get_marketplace
-        from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
-        from include.woo_mirakl.ledger import get_ledger
         from include.woo_mirakl.quality import run_checks as check
+        from include.woo_mirakl.wiring import wire
 
-        mp = get_marketplace(name)
-        ledger = get_ledger()
-        hook = MiraklHook(mp.mirakl_conn_id)
-        counts = check(
-            mp, ledger, WooCommerceHook(mp.woocommerce_conn_id).get_client(),
-            hook.get_client(budget=hook.get_budget(ledger)),
-        )
-        ledger.record_sync_success(FLOW, name, get_current_context()["run_id"], counts)
+        w = wire(name)
+        counts = check(w.marketplace, w.ledger, w.woo(), w.mirakl())
+        w.ledger.record_sync_success(FLOW, name, get_current_context()["run_id"], counts)
         return counts
 
     # Alert even when the checks failed: exceptions raised by the other flows still need it.

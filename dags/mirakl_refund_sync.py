@@ -37,17 +37,11 @@ def build(marketplace: Marketplace) -> None:
 
     @task(pool="mirakl_api")
     def sync_refunds() -> dict[str, int]:
-        from include.woo_mirakl.config import get_marketplace
-        from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
-        from include.woo_mirakl.ledger import get_ledger
         from include.woo_mirakl.refunds import RefundSync
+        from include.woo_mirakl.wiring import wire
 
-        current = get_marketplace(name)
-        ledger = get_ledger()
-        hook = MiraklHook(current.mirakl_conn_id)
-        mirakl = hook.get_client(budget=hook.get_budget(ledger, max_wait=OR11_WAIT))
-        woo = WooCommerceHook(current.woocommerce_conn_id).get_client()
-        return RefundSync(current, ledger, mirakl=mirakl, woo=woo).sync()
+        w = wire(name, mirakl_wait=OR11_WAIT)
+        return RefundSync(w.marketplace, w.ledger, mirakl=w.mirakl(), woo=w.woo()).sync()
 
     sync_refunds()
 

@@ -34,20 +34,12 @@ OR11_WAIT = 65.0  # OR11 is shared with the orders flow (once a minute): wait fo
 
 def _flow(marketplace_name: str, mirakl: bool = False, woo: bool = False):
     """The plain-Python flow with the clients it needs (imported here: parsing stays light)."""
-    from include.woo_mirakl.config import get_marketplace
-    from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
-    from include.woo_mirakl.ledger import get_ledger
     from include.woo_mirakl.shipments import ShipmentConfirm
+    from include.woo_mirakl.wiring import wire
 
-    marketplace = get_marketplace(marketplace_name)
-    ledger = get_ledger()
-    mirakl_client = woo_client = None
-    if mirakl:
-        hook = MiraklHook(marketplace.mirakl_conn_id)
-        mirakl_client = hook.get_client(budget=hook.get_budget(ledger, max_wait=OR11_WAIT))
-    if woo:
-        woo_client = WooCommerceHook(marketplace.woocommerce_conn_id).get_client()
-    return ShipmentConfirm(marketplace, ledger, mirakl=mirakl_client, woo=woo_client)
+    w = wire(marketplace_name, mirakl_wait=OR11_WAIT)
+    return ShipmentConfirm(w.marketplace, w.ledger, mirakl=w.mirakl() if mirakl else None,
+                           woo=w.woo() if woo else None)
 
 
 def build(marketplace: Marketplace) -> None:

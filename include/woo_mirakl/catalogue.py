@@ -743,22 +743,10 @@ def _report_reason(row: Mapping[str, str], mapping: AttributeMapping) -> str:
 
 def for_marketplace(name: str, *, settings: CatalogueSettings | None = None) -> CataloguePublish:
     """The flow for a configured marketplace, with clients from its Airflow connections."""
-    from include.woo_mirakl.config import get_marketplace
-    from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
-    from include.woo_mirakl.ledger import get_ledger
+    from include.woo_mirakl.wiring import wire
 
-    marketplace = get_marketplace(name)
-    ledger = get_ledger()
-    mirakl_hook = MiraklHook(marketplace.mirakl_conn_id)
-    budget = mirakl_hook.get_budget(ledger)
-    return CataloguePublish(
-        marketplace,
-        WooCommerceHook(marketplace.woocommerce_conn_id).get_client(),
-        mirakl_hook.get_client(budget=budget),
-        ledger,
-        budget,
-        settings=settings,
-    )
+    w = wire(name)
+    return CataloguePublish(w.marketplace, w.woo(), w.mirakl(), w.ledger, w.budget, settings=settings)
 
 
 __all__ = [

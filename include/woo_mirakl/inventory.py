@@ -648,22 +648,10 @@ class InventoryPush:
 
 def for_marketplace(name: str, *, settings: InventorySettings | None = None) -> InventoryPush:
     """The flow for a configured marketplace, with clients from its Airflow connections."""
-    from include.woo_mirakl.config import get_marketplace
-    from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
-    from include.woo_mirakl.ledger import get_ledger
+    from include.woo_mirakl.wiring import wire
 
-    marketplace = get_marketplace(name)
-    ledger = get_ledger()
-    mirakl_hook = MiraklHook(marketplace.mirakl_conn_id)
-    budget = mirakl_hook.get_budget(ledger)
-    return InventoryPush(
-        marketplace,
-        WooCommerceHook(marketplace.woocommerce_conn_id).get_client(),
-        mirakl_hook.get_client(budget=budget),
-        ledger,
-        budget,
-        settings=settings,
-    )
+    w = wire(name)
+    return InventoryPush(w.marketplace, w.woo(), w.mirakl(), w.ledger, w.budget, settings=settings)
 
 
 __all__ = [
