@@ -44,6 +44,7 @@ demo: settings
 	$(BIN)/python -m include.demo
 
 test: install
+	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: install
