@@ -78,6 +78,27 @@ def run_dag(dag_id: str, conf: dict | None = None):
     return load_dag(dag_id).test(run_conf=conf)
 
 
+def crash_before_recording(monkeypatch, action: str, why: str) -> list[str]:
+    """Make the first ``complete_action`` of ``action`` (e.g. ``mirakl.OR28``) raise.
+
+    Simulates a worker that dies after the external call succeeded but before the ledger
+    recorded it; returns the list the crashed action key is appended to.
+    """
+    from include.woo_mirakl.ledger.repository import Ledger
+
+    real_complete = Ledger.complete_action
+    crashes: list[str] = []
+
+    def crash_once(self, key, outcome=None):
+        if f":{action}:" in key and not crashes:
+            crashes.append(key)
+            raise RuntimeError(why)
+        return real_complete(self, key, outcome)
+
+    monkeypatch.setattr(Ledger, "complete_action", crash_once)
+    return crashes
+
+
 def advance(sandbox, ledger, seconds: float) -> None:
     """Let simulated time pass for both the sandbox and the call budgets in the ledger."""
     sandbox.clock.advance(seconds)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from include.sandbox.scenarios import customer
-from tests.e2e.conftest import advance, load_dag, run_dag
+from tests.e2e.conftest import advance, crash_before_recording, load_dag, run_dag
 
 DAG_ID = "mirakl_order_ingest__sandbox"
 MINUTE = 61  # one schedule tick, so the once-a-minute OR11 budget allows the next run
@@ -179,19 +179,8 @@ def test_cancelled_order_releases_its_reservation(sandbox, ledger, batch):
 
 
 def test_crash_between_create_and_ledger_write_yields_one_order(sandbox, ledger, batch, monkeypatch):
-    from include.woo_mirakl.ledger.repository import Ledger
-
     order_id = place(sandbox, [("TEE-L", 1)], 1)
-    real_complete = Ledger.complete_action
-    crashes = []
-
-    def crash_once(self, key, outcome=None):
-        if ":woo.orders.create:" in key and not crashes:
-            crashes.append(key)
-            raise RuntimeError("worker died after WooCommerce created the order")
-        return real_complete(self, key, outcome)
-
-    monkeypatch.setattr(Ledger, "complete_action", crash_once)
+    crashes = crash_before_recording(monkeypatch, "woo.orders.create", "worker died after WooCommerce created the order")
     dag = load_dag(DAG_ID)
     for task in dag.tasks:
         task.retries = 0  # see the crash itself; Airflow's own retry would recover within the run

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import advance, load_dag, orders_in_shipping, run_dag
+from tests.e2e.conftest import advance, crash_before_recording, load_dag, orders_in_shipping, run_dag
 
 DAG_ID = "mirakl_refund_sync__sandbox"
 FLOW = "mirakl_refund_sync"
@@ -147,20 +147,9 @@ def test_over_refund_and_unknown_line_are_refused_with_clear_exceptions(sandbox,
 
 
 def test_crash_after_or28_before_the_ledger_write_refunds_once(sandbox, ledger, world, monkeypatch):
-    from include.woo_mirakl.ledger.repository import Ledger
-
     order_id, woo_id = world["crash"]
     made = refund(sandbox, woo_id, [("MUG", 2, "25.00")], reason="damaged")
-    real_complete = Ledger.complete_action
-    crashes: list[str] = []
-
-    def crash_once(self, key, outcome=None):
-        if ":mirakl.OR28:" in key and not crashes:
-            crashes.append(key)
-            raise RuntimeError("worker died after Mirakl created the refund")
-        return real_complete(self, key, outcome)
-
-    monkeypatch.setattr(Ledger, "complete_action", crash_once)
+    crashes = crash_before_recording(monkeypatch, "mirakl.OR28", "worker died after Mirakl created the refund")
     assert run(sandbox, ledger, retries=False).state == "failed"
     assert crashes and mirakl_refunds(sandbox, order_id) == {f"{order_id}-1": [(25.0, 0.0, 2, "RETURN_BROKEN_ITEM")]}
 

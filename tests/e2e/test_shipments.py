@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.e2e.conftest import advance, load_dag, orders_in_shipping, run_dag
+from tests.e2e.conftest import advance, crash_before_recording, load_dag, orders_in_shipping, run_dag
 
 DAG_ID = "mirakl_shipment_confirm__sandbox"
 MINUTE = 61
@@ -108,20 +108,9 @@ def test_reruns_send_nothing_new(sandbox, ledger, world):
 
 
 def test_crash_after_or24_before_the_ledger_write_ships_once(sandbox, ledger, world, monkeypatch):
-    from include.woo_mirakl.ledger.repository import Ledger
-
     order_id, woo_id = world["crash"]
     sandbox.woo.ship_order(woo_id, tracking_provider="UPS", tracking_number="1Z999")
-    real_complete = Ledger.complete_action
-    crashes: list[str] = []
-
-    def crash_once(self, key, outcome=None):
-        if ":mirakl.OR24:" in key and not crashes:
-            crashes.append(key)
-            raise RuntimeError("worker died after Mirakl confirmed the shipment")
-        return real_complete(self, key, outcome)
-
-    monkeypatch.setattr(Ledger, "complete_action", crash_once)
+    crashes = crash_before_recording(monkeypatch, "mirakl.OR24", "worker died after Mirakl confirmed the shipment")
     assert run_without_retries(sandbox, ledger).state == "failed"
     assert crashes and mirakl_order(sandbox, order_id)["order_state"] == "SHIPPED"
     assert ledger.get_action(f"sandbox:mirakl.OR24:{order_id}").state == "intent"
