@@ -825,7 +825,10 @@ class WooService(Service):
                 count += 1
         return count
 
-    def add_variable_product(self, name: str, variations: list[dict], sku: str | None = None) -> dict:
+    def add_variable_product(self, name: str, variations: list[dict], sku: str | None = None,
+                             stock_quantity: int | None = None) -> dict:
+        """A variable product; with ``stock_quantity`` the parent manages one stock pool that
+        variations without a quantity of their own share (``manage_stock: "parent"``)."""
         with self.sandbox.lock:
             options: dict[str, list[str]] = {}
             for variation in variations:
@@ -839,7 +842,9 @@ class WooService(Service):
                 if variation["sku"] in self.store.sku_index:
                     raise WooError(400, "product_invalid_sku", "Invalid or duplicated SKU.")
             parent = self.store.create_product({"type": "variable", "name": name, "sku": sku or "",
-                                                "attributes": attributes})
+                                                "attributes": attributes,
+                                                **({"manage_stock": True, "stock_quantity": stock_quantity}
+                                                   if stock_quantity is not None else {})})
             for variation in variations:
                 quantity = variation.get("stock_quantity")
                 self.store.create_variation(parent, {
@@ -967,7 +972,8 @@ class WooService(Service):
     def _admin_add_product(self, request: Request) -> Response:
         body = dict(request.json() or {})
         if body.pop("type", "simple") == "variable":
-            return Response(201, self.add_variable_product(body["name"], body["variations"], body.get("sku")))
+            return Response(201, self.add_variable_product(body["name"], body["variations"], body.get("sku"),
+                                                           body.get("stock_quantity")))
         sku, price = body.pop("sku"), body.pop("price")
         return Response(201, self.add_simple_product(sku, price, body.pop("stock_quantity", None), **body))
 
