@@ -73,7 +73,8 @@ def refund_excess(
     line_raw: Mapping[str, Any], mode: str, amount: Decimal, quantity: int,
     done_amount: Decimal, done_quantity: int,
 ) -> str | None:
-    """Why an OR28 ``amount`` for ``quantity`` units is more than Mirakl charged for the line (None if not).
+    """Why an OR28 ``amount`` for ``quantity`` units is more than Mirakl charged for the line (None if not);
+    the reason reads after the amount (``"12.50 <reason>"``).
 
     ``amount`` is in the order's tax mode (as OR28 wants it). The whole refunded so far may never
     pass the line's price; and a refund of some units may not pass those units' share of it
@@ -84,10 +85,10 @@ def refund_excess(
     units = int(line_raw.get("quantity") or 0)
     left = price - done_amount
     if amount > left:
-        return f"{amount} is more than is left to refund on the line: {left} (paid {price}, refunded {done_amount})"
+        return f"is more than is left to refund: {left} (paid {price}, already refunded {done_amount})"
     if quantity and units:
         share = (price * (done_quantity + quantity) / units).quantize(CENT, rounding=ROUND_HALF_UP) - done_amount
         if amount > share:
-            return (f"{amount} for {quantity} of {units} unit(s) is more than Mirakl charged for them: {share} "
+            return (f"for {quantity} of {units} unit(s) is more than Mirakl charged for them: {share} "
                     f"(line price {price}{', taxes included' if mode == TAX_INCLUDED else ', before taxes'})")
     return None
