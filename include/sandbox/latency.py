@@ -55,6 +55,7 @@ WOO_CONCURRENCY = 4
 
 # Mirakl: assumed (no recording). Files are dearer per megabyte downloaded.
 MIRAKL_DEFAULT = (0.15, 0.0)
+MIRAKL_ROUTES = {"OR11": (0.15, 0.003)}  # a page of 100 orders is ~0.3 MB of JSON
 MIRAKL_PER_MB = 0.05
 
 
@@ -63,7 +64,7 @@ class LatencyProfile:
     """Seconds each answer takes: ``delay(service, operation, request, response)``."""
 
     woo: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(WOO_REAL_STORE))
-    mirakl: dict[str, tuple[float, float]] = field(default_factory=dict)
+    mirakl: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(MIRAKL_ROUTES))
     scale: float = 1.0  # 0 turns it off; benches may shrink it while developing
     # A small store's PHP workers: at most this many WooCommerce requests are worked on at once
     # (an assumption; more would be kinder than most shared hostings). Mirakl: no such limit.
@@ -112,6 +113,8 @@ class LatencyProfile:
 def _items(body: Any) -> int:
     if isinstance(body, list):
         return len(body)
+    if isinstance(body, dict):  # Mirakl wraps lists: {"orders": [...], "total_count": n}
+        return max((len(v) for v in body.values() if isinstance(v, list)), default=0)
     return 0
 
 
