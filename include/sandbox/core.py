@@ -358,6 +358,12 @@ def _make_handler(sandbox: "Sandbox", service: Service):
         def log_message(self, *args: Any) -> None:  # the call log replaces stderr noise
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            # headers and body are two writes: without this, Nagle holds the body back until the
+            # client's delayed ACK (~40 ms on Linux), which would dwarf most answers' real cost
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def _serve(self) -> None:
             split = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -405,6 +411,7 @@ class Sandbox:
         state_file: str | None = None,
         clock: Clock | None = None,
         validate_requests: bool = False,
+        latency: Any = None,
     ):
         from include.sandbox.mirakl import MiraklService
         from include.sandbox.woocommerce import WooService
@@ -417,6 +424,7 @@ class Sandbox:
         self.faults = FaultInjector(seed)
         self.lock = threading.RLock()
         self.validate_requests = validate_requests
+        self.latency = latency  # a latency.LatencyProfile (benches) or None (tests: answer at once)
         self.mirakl = MiraklService(self)
         self.woo = WooService(self)
         self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo}
@@ -542,6 +550,8 @@ class Sandbox:
             response = service.render_error(ApiError(500, f"sandbox error: {error!r}"))
         entry["status"] = response.status
         entry["applied"] = response.status < 400 and request.method not in ("GET", "HEAD")
+        if self.latency is not None:  # outside the lock: slow answers overlap as on a real server
+            self.latency.wait(service.name, operation, request, response)
         if fault is None or fault.kind in FAULTS_BEFORE:
             self.log.record(entry)
             return response
