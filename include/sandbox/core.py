@@ -384,6 +384,7 @@ class Sandbox:
         validate_requests: bool = False,
     ):
         from include.sandbox.mirakl import MiraklService
+        from include.sandbox.mirakl_auth import MiraklAuthService
         from include.sandbox.woocommerce import WooService
 
         self.seed = seed
@@ -396,15 +397,17 @@ class Sandbox:
         self.validate_requests = validate_requests
         self.mirakl = MiraklService(self)
         self.woo = WooService(self)
-        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo}
+        self.auth = MiraklAuthService(self)  # Mirakl's authentication system (OAuth 2)
+        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo, "auth": self.auth}
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
         if state_file:
             self.load()
 
     # Life cycle ------------------------------------------------------------------
-    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1") -> "Sandbox":
-        for name, port in (("mirakl", mirakl_port), ("woo", woo_port)):
+    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1",
+              auth_port: int = 0) -> "Sandbox":
+        for name, port in (("mirakl", mirakl_port), ("woo", woo_port), ("auth", auth_port)):
             server = _Server((host, port), _make_handler(self, self.services[name]))
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -431,6 +434,10 @@ class Sandbox:
     @property
     def woo_url(self) -> str:
         return self.url("woo")
+
+    @property
+    def auth_url(self) -> str:
+        return self.url("auth")
 
     # State -----------------------------------------------------------------------
     def now(self) -> datetime:
