@@ -414,6 +414,7 @@ class Sandbox:
         latency: Any = None,
     ):
         from include.sandbox.mirakl import MiraklService
+        from include.sandbox.mirakl_auth import MiraklAuthService
         from include.sandbox.woocommerce import WooService
 
         self.seed = seed
@@ -427,15 +428,17 @@ class Sandbox:
         self.latency = latency  # a latency.LatencyProfile (benches) or None (tests: answer at once)
         self.mirakl = MiraklService(self)
         self.woo = WooService(self)
-        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo}
+        self.auth = MiraklAuthService(self)  # Mirakl's authentication system (OAuth 2)
+        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo, "auth": self.auth}
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
         if state_file:
             self.load()
 
     # Life cycle ------------------------------------------------------------------
-    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1") -> "Sandbox":
-        for name, port in (("mirakl", mirakl_port), ("woo", woo_port)):
+    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1",
+              auth_port: int = 0) -> "Sandbox":
+        for name, port in (("mirakl", mirakl_port), ("woo", woo_port), ("auth", auth_port)):
             server = _Server((host, port), _make_handler(self, self.services[name]))
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -462,6 +465,10 @@ class Sandbox:
     @property
     def woo_url(self) -> str:
         return self.url("woo")
+
+    @property
+    def auth_url(self) -> str:
+        return self.url("auth")
 
     # State -----------------------------------------------------------------------
     def now(self) -> datetime:
