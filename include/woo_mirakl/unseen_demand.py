@@ -28,7 +28,9 @@ Why a cycle never raises an offer Mirakl has just lowered
 order placed before the listing started is in the ledger, read *before* WooCommerce's stock. It
 is either still unreserved (then it is in the store demand and subtracted) or already reserved
 (then WooCommerce's stock no longer counts it); if the ingest reserves it between the two reads
-it is subtracted twice, which only lowers. So the quantity sent is WooCommerce's stock minus
+it is subtracted twice, which only lowers; a line the ingest refuses counts as demand until
+Mirakl shows it REFUSED, so its units are given back once, by Mirakl. So the quantity sent is
+WooCommerce's stock minus
 *every* unit sold before the listing; whatever Mirakl took off for those orders is never given
 back, on this marketplace or any other. Such a cycle may raise (restocks, released orders).
 
@@ -58,7 +60,6 @@ buffer covers it meanwhile.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 
 # Mirakl orders whose units WooCommerce has not reserved yet when they have no WooCommerce order.
 OPEN_ORDER_STATES = ("STAGING", "WAITING_ACCEPTANCE", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "SHIPPING")
+# Line states in which Mirakl has given the units back to the offer.
+RELEASED_LINE_STATES = ("REFUSED", "CANCELED")
 DEFAULT_FRESH_FOR = timedelta(seconds=30)
 _LISTING_OPERATION = "OR11"
 # The listing log keeps one entry per listing and only needs the newest; older ones age out.
@@ -106,11 +109,35 @@ def store_of(marketplace: Marketplace, configured: Iterable[Marketplace] | None 
 
 
 def store_demand(ledger: Any, marketplaces: Iterable[str], states: Sequence[str] = OPEN_ORDER_STATES) -> dict[str, int]:
-    """Units per SKU on open orders of any of ``marketplaces`` that no WooCommerce order holds yet."""
-    total: Counter[str] = Counter()
-    for name in marketplaces:
-        total.update(ledger.pending_demand(name, states))
-    return dict(total)
+    """Units per SKU that Mirakl has taken off the offers of any of ``marketplaces`` and that no
+    WooCommerce order holds yet, on the orders the ledger knows.
+
+    A line counts until a WooCommerce order holds it (the order has one, and the line was not
+    refused) or Mirakl has given its units back (Mirakl shows the line REFUSED or CANCELED). A
+    line we decided to refuse therefore still counts until Mirakl has processed the refusal: a
+    stock file in between would give its units back once, and the refusal a second time.
+    """
+    from sqlalchemy import func, or_, select
+
+    from include.woo_mirakl.ledger.models import Order, OrderLine
+
+    names = list(marketplaces)
+    if not names:
+        return {}
+    query = (
+        select(OrderLine.offer_sku, func.sum(OrderLine.quantity))
+        .join(Order, Order.id == OrderLine.order_id)
+        .where(
+            Order.marketplace.in_(names),
+            Order.mirakl_state.in_(list(states)),
+            OrderLine.offer_sku.is_not(None),
+            or_(OrderLine.mirakl_state.is_(None), OrderLine.mirakl_state.not_in(RELEASED_LINE_STATES)),
+            or_(Order.woo_order_id.is_(None), OrderLine.decision.is_not(None) & (OrderLine.decision != "accepted")),
+        )
+        .group_by(OrderLine.offer_sku)
+    )
+    with ledger.session(write=False) as s, s.begin():
+        return {sku: int(quantity or 0) for sku, quantity in s.execute(query) if quantity}
 
 
 def allowed_quantity(target: int, live: int | None, told: int | None, *, sure: bool, own_fresh: bool) -> int:
