@@ -41,7 +41,9 @@ from include.woo_mirakl.clients.mirakl import MiraklClient, PriceLine, StockLine
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
-from include.woo_mirakl.stock import AcceptedOffer, OfferTarget, WooItem, offer_target, price_to_send, quantity_to_send
+from include.woo_mirakl.stock import (
+    AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -334,13 +336,13 @@ class InventoryPush:
         no_sku: set[str] = set()
 
         cursor = self._cursor("products_modified")
-        parents: list[int] = []
+        parents: dict[int, bool] = {}  # changed variable products -> whether they manage a stock pool
         for raw in self._iter_modified("/products", "woo.products.list", cursor):
             plan.cursors["products_modified"] = _later(plan.cursors.get("products_modified") or cursor,
                                                        raw.get("date_modified_gmt"))
             item = WooItem.from_api(raw)
             if item.type == "variable":
-                parents.append(item.id)
+                parents[item.id] = item.manage_stock is True
             self._collect(item, items, no_sku)
 
         cursor = self._cursor("variations_modified")
@@ -361,6 +363,11 @@ class InventoryPush:
         wanted.update(self._skus_to_retry())
         for item in self._items_by_sku(wanted - set(items)):
             self._collect(item, items, no_sku)
+        # A pool's demand is its variations' together: read the siblings of any pool member seen.
+        pools = {i.parent_id for i in items.values() if i.manage_stock == "parent"} - set(parents)
+        for parent in sorted(pools):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
+                self._collect(WooItem.from_api({**raw, "type": "variation", "parent_id": parent}), items, no_sku)
 
         self._report_variations_without_sku(no_sku, seen_with_sku={str(i.id) for i in items.values()}, full=False)
         # SKUs Mirakl has no offer for are left to the full comparison, which sees when one appears.
@@ -401,16 +408,21 @@ class InventoryPush:
             self._variations_route = self.woo.version() >= (10, 3)
         return self._variations_route
 
-    def _iter_changed_variations(self, cursor: str | None, modified_parents: list[int]) -> Iterator[dict]:
+    def _iter_changed_variations(self, cursor: str | None, modified_parents: Mapping[int, bool]) -> Iterator[dict]:
+        """Variations that may have changed, reading only parents whose ``date_modified`` moved.
+
+        A real store moves a parent's date whenever one of its variations is saved or sold, and a
+        sale from a parent-managed pool moves only the parent's: so a changed parent's variations
+        are read whole, and an unchanged parent's not at all (the periodic full comparison is the
+        safety net for anything else).
+        """
         if self._has_variations_route():
             yield from self._iter_modified("/variations", "woo.variations.all", cursor)
-            return
-        # Older stores: a variation's change does not move its parent's date, so every variable
-        # product's variations are asked for their own changes (one request per variable product).
-        parents = {int(p["id"]) for p in self._iter_modified(
-            "/products", "woo.products.list", None, fields="id", extra={"type": "variable"})}
-        for parent in sorted(parents | set(modified_parents)):
-            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", cursor):
+            parents = [p for p, pool in modified_parents.items() if pool]  # pool sales move no variation
+        else:
+            parents = list(modified_parents)
+        for parent in sorted(parents):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
                 yield {**raw, "type": "variation", "parent_id": parent}
 
     def _items_by_sku(self, skus: Iterable[str]) -> Iterator[WooItem]:
@@ -442,9 +454,11 @@ class InventoryPush:
         mirakl: Mapping[str, tuple[int | None, Decimal | None]] | None = None,
     ) -> None:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
+        items = list(items)
+        pools = pool_demand(items, demand)  # variations sharing a parent's stock share its demand
         for item in items:
             plan.examined += 1
-            target = offer_target(item, self.marketplace, demand.get(item.sku, 0))
+            target = offer_target(item, self.marketplace, pools[item.pool])
             record = states.get(item.sku)
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
