@@ -107,7 +107,7 @@ class MiraklSettings:
     product_ean_attribute: str = "ean"
     # Asynchronous exports (TL03, OF52) stay PENDING this many sandbox seconds after the request.
     export_delay_s: float = 30.0
-    export_items_per_chunk: int = 100_000  # when the request gives none (the spec names no default)
+    export_items_per_chunk: int = 100_000  # the largest chunk made, whatever the request asks
 
 
 def _encode_token(**fields: Any) -> str:
@@ -1350,7 +1350,9 @@ class MiraklStore:
         export_format = str(body.get("format") or "JSON").upper()
         if export_format not in ("JSON", "NDJSON"):
             raise ApiError(400, f"Invalid format {export_format!r}: JSON or NDJSON")
-        per_chunk = int(body.get("items_per_chunk") or self.settings.export_items_per_chunk)
+        # the requested chunk size, cut down to the largest the server makes (clients must follow every URL)
+        cap = self.settings.export_items_per_chunk
+        per_chunk = min(int(body.get("items_per_chunk") or cap), cap)
         if per_chunk <= 0:
             raise ApiError(400, f"Invalid items_per_chunk {per_chunk}")
         rows = sorted((t for t in self.transactions if _transaction_matches(t, filters)),
