@@ -94,7 +94,13 @@ class MiraklService(Service):
     # Service hooks ----------------------------------------------------------------------------
     def authenticate(self, request: Request) -> None:
         key = request.headers.get("Authorization")
-        if not key or key != self.api_key:
+        token_shop = None
+        if key and key.startswith("Bearer ") and hasattr(self.sandbox, "auth"):
+            # a token of the sandbox's authentication system acts on the one store it was granted for
+            token_shop = self.sandbox.auth.bearer_shop(key[len("Bearer "):])
+            if token_shop != self.shop_id:
+                raise ApiError(403, f"Access denied: the token gives access to shop {token_shop}, not this one")
+        elif not key or key != self.api_key:
             raise ApiError(401, "Unauthorized")
         shop = request.arg("shop_id")
         if shop is not None:

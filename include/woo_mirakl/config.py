@@ -115,6 +115,9 @@ class Marketplace:
     commission_tolerance: Decimal = Decimal("0.01")
     schedules: dict[str, str] = field(default_factory=dict)
     catalogue: CataloguePolicy = field(default_factory=CataloguePolicy)
+    # Marketplaces forbid contacting their customers: their e-mail goes to order meta, not to
+    # billing.email (where WooCommerce sends its customer e-mails), unless this is true.
+    customer_email_in_billing: bool = False
     order_listing: OrderListing = field(default_factory=OrderListing)
 
     def schedule(self, flow: str, default: str | None) -> str | None:
@@ -182,8 +185,19 @@ def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
         commission_tolerance=Decimal(str(entry.get("commission_tolerance", "0.01"))),
         schedules=dict(entry.get("schedules") or {}),
         catalogue=_catalogue(entry.get("catalogue"), name, path),
+        customer_email_in_billing=_email_in_billing(entry.get("customer_contact"), name, path),
         order_listing=_order_listing(entry.get("order_listing"), name, path),
     )
+
+
+def _email_in_billing(entry: Any, name: str, path: Path) -> bool:
+    contact = entry or {}
+    if not isinstance(contact, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact must be a mapping")
+    where = contact.get("email", "order_meta")
+    if where not in ("order_meta", "billing"):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact.email {where!r} must be order_meta or billing")
+    return where == "billing"
 
 
 def _order_listing(entry: Any, name: str, path: Path) -> OrderListing:

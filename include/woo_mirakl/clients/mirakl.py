@@ -1,6 +1,7 @@
 """Client of Mirakl's seller API (MMP): the calls the flows use, typed, paginated, budgeted.
 
-Auth is the shop API key in the ``Authorization`` header (no "Bearer"); ``shop_id`` is
+Auth is the shop API key in the ``Authorization`` header (no "Bearer"), or with OAuth a
+``Bearer`` token from a :class:`~include.woo_mirakl.clients.oauth.TokenProvider`; ``shop_id`` is
 added to every call for users with several shops. Before each attempt of an operation
 with a published maximum frequency the client asks its :class:`CallBudget`, which raises
 :class:`BudgetExceeded` instead of letting a call exceed the maximum.
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
 
 from include.woo_mirakl.budgets import CallBudget, CallLimits, default_limits
-from include.woo_mirakl.clients.http import HttpClient, MalformedResponseError, RetryPolicy, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, HttpClient, MalformedResponseError, RetryPolicy, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import (
     Account,
     AccountingDocument,
@@ -169,14 +170,19 @@ class MiraklClient(HttpClient):
         retry: RetryPolicy | None = None,
         verify: bool = True,
         page_size: int = MAX_PAGE_SIZE,
+        token_provider: Any = None,
         **http_options: Any,
     ):
-        if not api_key:
+        if not api_key and token_provider is None:
             raise ValueError("Mirakl API key is empty: set it as the connection's password")
         if not 2 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 2 and {MAX_PAGE_SIZE}")
         super().__init__(mirakl_base_url(host, port), retry=retry, verify=verify, secrets=[api_key], **http_options)
-        self.session.headers.update({"Authorization": api_key, "Accept": "application/json"})
+        self.session.headers.update({"Accept": "application/json"})
+        if token_provider is None:
+            self.session.headers["Authorization"] = api_key
+        # OAuth: a Bearer token per call from the provider (include/woo_mirakl/clients/oauth.py)
+        self.token_provider = token_provider
         self.shop_id = int(shop_id) if shop_id not in (None, "") else None
         self.budget = budget
         self.limits = limits or default_limits()
@@ -228,18 +234,36 @@ class MiraklClient(HttpClient):
         variant: str | None = None,
         charge_budget: bool = True,
     ) -> Any:
-        reply = self.request(
-            method,
-            path,
-            operation,
-            params=self._params(params),
-            json_body=json_body,
-            files=files,
-            expect=expect,
-            idempotent=idempotent,
-            before_attempt=self._budget_hook(operation, variant, charge_budget),
-        )
-        return reply.body
+        def send(headers: Mapping[str, str] | None) -> Any:
+            return self.request(
+                method,
+                path,
+                operation,
+                params=self._params(params),
+                json_body=json_body,
+                files=files,
+                headers=headers,
+                expect=expect,
+                idempotent=idempotent,
+                before_attempt=self._budget_hook(operation, variant, charge_budget),
+            ).body
+
+        if self.token_provider is None:
+            return send(None)
+        token = self._bearer()
+        try:
+            return send({"Authorization": f"Bearer {token}"})
+        except ApiError as error:
+            if error.status != 401:
+                raise
+            # expired or revoked early: renew once (for every worker) and try again, once
+            self.token_provider.invalidate(token)
+            return send({"Authorization": f"Bearer {self._bearer()}"})
+
+    def _bearer(self) -> str:
+        token = self.token_provider.token()
+        self.redactor.add(token)
+        return token
 
     def _import_id(self, answer: Any, operation: str) -> str:
         """The id an import call answers with (PRI01 also has a camel-case twin).
