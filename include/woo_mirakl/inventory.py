@@ -16,7 +16,8 @@ One cycle (every minute, one at a time) has two steps:
     price rule; see :mod:`include.woo_mirakl.stock`), and sends only what differs from what
     Mirakl accepted: **one** STO01 file and **one** PRI01 file. Periodically (and on demand)
     it runs a *full comparison* instead: every WooCommerce SKU against every Mirakl offer
-    (OF21), which also finds unmatched SKUs in both directions and repairs any drift.
+    (the offer export, :mod:`include.woo_mirakl.offer_export`; WooCommerce pages read by a
+    small bounded pool), which also finds unmatched SKUs in both directions and repairs any drift.
 
 Mirakl's ceilings are never exceeded: every call asks the call budget kept in the ledger.
 A cycle that comes too early (a manual trigger, a retry) *coalesces*: it sends nothing,
@@ -41,9 +42,11 @@ from include.woo_mirakl.clients.mirakl import MiraklClient, PriceLine, StockLine
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
+from include.woo_mirakl.offer_export import read_offers
 from include.woo_mirakl.stock import (
     AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
 )
+from include.woo_mirakl.woo_pages import iter_pages_pooled
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class InventorySettings:
     # A STO01/PRI01 slot opening within this many seconds is waited for, so scheduler jitter
     # between two every-minute runs does not cost a whole cycle. Status calls never wait.
     send_wait: float = 10.0
+    woo_page_pool: int = 3  # WooCommerce pages read at once by a full comparison (a small store's share)
 
 
 @dataclass
@@ -396,7 +400,7 @@ class InventoryPush:
             since = _parse_gmt(cursor) - self.settings.overlap
             params.update({"modified_after": since.strftime("%Y-%m-%dT%H:%M:%S"), "dates_are_gmt": "true"})
         seen: set[tuple[Any, Any]] = set()
-        for item in self.woo.iter_pages(path, operation, params):
+        for item in iter_pages_pooled(self.woo, path, operation, params, self.settings.woo_page_pool):
             key = (item.get("id"), item.get("date_modified_gmt"))
             if key not in seen:
                 seen.add(key)
@@ -497,10 +501,7 @@ class InventoryPush:
         page and each page is compared and dropped, so the catalogue is never held twice.
         """
         plan = Plan(full=True)
-        offers: dict[str, tuple[int | None, Decimal | None]] = {}
-        for offer in self.mirakl.iter_offers():
-            if offer.shop_sku:
-                offers[offer.shop_sku] = (offer.quantity, offer.price)
+        offers = read_offers(self.mirakl, self.ledger, FLOW, self.name, self.clock())  # OF52-OF54
 
         missing_in_mirakl: dict[str, int] = {}
         no_sku: set[str] = set()
@@ -572,22 +573,16 @@ class InventoryPush:
     # ---- exceptions ---------------------------------------------------------------------------------
     def _report_unmatched(self, missing_in_mirakl: Mapping[str, int], orphan_offers: Mapping[str, Any]) -> None:
         open_mirakl = self._open_keys(MISSING_IN_MIRAKL)
-        for sku, product_id in missing_in_mirakl.items():
-            if sku not in open_mirakl:
-                self.ledger.raise_exception(
-                    MISSING_IN_MIRAKL, sku,
-                    {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_MIRAKL, {  # one transaction, however many
+            sku: {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"}
+            for sku, product_id in missing_in_mirakl.items() if sku not in open_mirakl
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_MIRAKL, self.name, missing_in_mirakl)
         open_woo = self._open_keys(MISSING_IN_WOOCOMMERCE)
-        for sku in orphan_offers:
-            if sku not in open_woo:
-                self.ledger.raise_exception(
-                    MISSING_IN_WOOCOMMERCE, sku,
-                    {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_WOOCOMMERCE, {
+            sku: {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"}
+            for sku in orphan_offers if sku not in open_woo
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_WOOCOMMERCE, self.name, orphan_offers)
 
     def _report_variations_without_sku(self, ids: set[str], seen_with_sku: set[str], full: bool) -> None:
