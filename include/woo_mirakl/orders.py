@@ -26,6 +26,7 @@ from typing import Any, Callable
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
+from include.woo_mirakl.order_log import decision_line
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
 from include.woo_mirakl.order_mapping import (
@@ -227,6 +228,7 @@ class OrderIngest:
         undecided = sorted((r for r in waiting if r.decision is None), key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
+        decided_now: list[str] = []
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
             stock = {sku: StockInfo.of(ref) for sku, ref in self.woo.products_by_sku(skus).items()}
@@ -243,10 +245,13 @@ class OrderIngest:
                     continue
                 decided = self._save_decisions(order, decisions)
                 result.add(f"decided_{decided.decision}")
+                decided_now.append(decided.mirakl_order_id)
                 if decided.decision != "refused":
                     to_reserve.append(decided)
         if to_reserve:
             self._reserve(to_reserve, result)
+        for order_id in decided_now:
+            log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
         return result.as_dict()
 
     def _save_decisions(self, order: Order, decisions: list[LineDecision]) -> OrderRecord:
