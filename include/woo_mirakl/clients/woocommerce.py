@@ -71,6 +71,7 @@ class SkuRef:
     manage_stock: Any
     price: str | None
     date_modified_gmt: str | None
+    backorders_allowed: bool = False
 
     @property
     def is_variation(self) -> bool:
@@ -88,6 +89,7 @@ class SkuRef:
             manage_stock=item.get("manage_stock"),
             price=item.get("price"),
             date_modified_gmt=item.get("date_modified_gmt"),
+            backorders_allowed=bool(item.get("backorders_allowed")),
         )
 
 
