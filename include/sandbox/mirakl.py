@@ -19,6 +19,8 @@ DEFAULT_PAGE = 10
 MAX_SEEK_LIMIT = 2000
 DEFAULT_SEEK_LIMIT = 10
 ORDER_ACTIONS = ("debit", "receive", "close")
+TL05_PATH = "/api/sellerpayment/transactions_logs/export/async/file"
+DOWNLOADS = ("TL05", "OF54")  # files at the URL a status call gives: the spec routes them nowhere
 
 
 class MiraklService(Service):
@@ -56,6 +58,10 @@ class MiraklService(Service):
             ("GET", "/api/offers/pricing/imports/{import_id}/error_report", "PRI03", self._pri03),
             ("GET", "/api/shipping/carriers", "SH21", self._sh21),
             ("GET", "/api/sellerpayment/transactions_logs", "TL02", self._tl02),
+            ("POST", "/api/sellerpayment/transactions_logs/async", "TL03", self._tl03),
+            ("GET", "/api/sellerpayment/transactions_logs/async/status/{tracking_id}", "TL04", self._tl04),
+            # TL05's URL is whatever TL04 answers (the spec has only a placeholder path): this is ours
+            ("GET", TL05_PATH + "/{tracking_id}", "TL05", self._tl05),
             ("GET", "/api/invoices", "IV01", self._iv01),
             ("GET", "/api/inbox/threads", "M11", self._m11),
         ):
@@ -108,6 +114,8 @@ class MiraklService(Service):
         return Response(error.status, body)
 
     def validate_request(self, request: Request, route: Route) -> list[str]:
+        if route.operation in DOWNLOADS:
+            return spec.validate_download(route.operation, request.query, dict(request.headers.items()))
         return spec.validate_request(
             request.method, request.path, request.query, dict(request.headers.items()), request.body,
             request.headers.get("Content-Type") or "application/json",
@@ -440,6 +448,24 @@ class MiraklService(Service):
         if previous:
             body["previous_page_token"] = previous
         return Response(200, body)
+
+    def _tl03(self, request: Request) -> Response:
+        record = self.store.export_transactions(self._now(), self._body(request))
+        return Response(200, {"tracking_id": record["tracking_id"]})
+
+    def _file_url(self, request: Request, path: str) -> str:
+        """Where a chunk is downloaded: an absolute URL on the host the client called."""
+        return f"http://{request.headers.get('Host') or 'localhost'}{path}"
+
+    def _tl04(self, request: Request) -> Response:
+        record = self.store.export_record("transactions", request.path_params["tracking_id"])
+        url = self._file_url(request, f"{TL05_PATH}/{record['tracking_id']}")
+        return Response(200, self.store.export_status_json(self._now(), record, url))
+
+    def _tl05(self, request: Request) -> Response:
+        record = self.store.export_record("transactions", request.path_params["tracking_id"])
+        content, content_type = self.store.export_chunk(self._now(), record, request.arg("file"))
+        return Response(200, content, content_type=content_type)
 
     def _iv01(self, request: Request) -> Response:
         start, end = self._date(request, "start_date"), self._date(request, "end_date")

@@ -46,6 +46,22 @@ class OrderPolicy:
     refuse_short_stock: bool = True
 
 
+@dataclass(frozen=True)
+class OrderListing:
+    """How Mirakl counts this marketplace's OR11 listings against their ceiling.
+
+    ``persona``: ``default`` (once a minute) or ``external_partner`` (every 15 minutes), as the
+    spec publishes them. ``each_page_counts``: the spec does not say whether every page of one
+    listing counts as a call; the safe reading (it does) is the default.
+    """
+
+    persona: str = "default"
+    each_page_counts: bool = True
+
+
+ORDER_LISTING_PERSONAS = ("default", "external_partner")
+
+
 REVIEW_TIMEOUT_DEFAULTS = ("refuse", "accept", "leave")
 
 
@@ -122,6 +138,10 @@ class Marketplace:
     schedules: dict[str, str] = field(default_factory=dict)
     catalogue: CataloguePolicy = field(default_factory=CataloguePolicy)
     human_review: HumanReview = field(default_factory=HumanReview)
+    # Marketplaces forbid contacting their customers: their e-mail goes to order meta, not to
+    # billing.email (where WooCommerce sends its customer e-mails), unless this is true.
+    customer_email_in_billing: bool = False
+    order_listing: OrderListing = field(default_factory=OrderListing)
 
     def schedule(self, flow: str, default: str | None) -> str | None:
         return self.schedules.get(flow, default)
@@ -189,6 +209,8 @@ def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
         schedules=dict(entry.get("schedules") or {}),
         catalogue=_catalogue(entry.get("catalogue"), name, path),
         human_review=_human_review(entry.get("human_review"), name, path),
+        customer_email_in_billing=_email_in_billing(entry.get("customer_contact"), name, path),
+        order_listing=_order_listing(entry.get("order_listing"), name, path),
     )
 
 
@@ -225,6 +247,28 @@ def _human_review(entry: Any, name: str, path: Path) -> HumanReview:
         timeout_default=default,
         decide_before_minutes=margin,
     )
+
+
+def _email_in_billing(entry: Any, name: str, path: Path) -> bool:
+    contact = entry or {}
+    if not isinstance(contact, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact must be a mapping")
+    where = contact.get("email", "order_meta")
+    if where not in ("order_meta", "billing"):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact.email {where!r} must be order_meta or billing")
+    return where == "billing"
+
+
+def _order_listing(entry: Any, name: str, path: Path) -> OrderListing:
+    if entry is None:
+        return OrderListing()
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} order_listing must be a mapping")
+    persona = str(entry.get("persona", "default"))
+    if persona not in ORDER_LISTING_PERSONAS:
+        raise ConfigError(f"{path}: marketplace {name!r} order_listing.persona {persona!r} must be one of "
+                          f"{list(ORDER_LISTING_PERSONAS)}")
+    return OrderListing(persona=persona, each_page_counts=bool(entry.get("each_page_counts", True)))
 
 
 def _strings(value: Any, what: str, path: Path) -> tuple[str, ...]:

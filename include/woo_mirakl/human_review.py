@@ -55,13 +55,13 @@ class WooFacts:
     backorders_allowed: bool = False
 
     @classmethod
-    def from_ref(cls, ref: Any) -> "WooFacts":
-        tracked = ref.manage_stock not in (False, None, "false") and ref.stock_quantity is not None
+    def from_ref(cls, ref: Any, available: int | None) -> "WooFacts":
+        """From a SKU look-up and the units it can sell (``StockInfo.quantity``: None for no limit)."""
         try:
             price = Decimal(str(ref.price)) if ref.price not in (None, "") else None
         except ArithmeticError:
             price = None
-        return cls(int(ref.stock_quantity) if tracked else None, price, bool(getattr(ref, "backorders_allowed", False)))
+        return cls(available, price, bool(getattr(ref, "backorders_allowed", False)))
 
     def as_dict(self) -> dict[str, Any]:
         return {"quantity": self.quantity, "price": None if self.price is None else str(self.price),
@@ -83,8 +83,12 @@ def _percent(share: Decimal) -> str:
 
 
 def review_reasons(order: Order, woo: Mapping[str, WooFacts], marketplace: Marketplace,
-                   promised: Counter[str] | None = None) -> list[str]:
-    """Why ``order`` needs a person (empty when the automatic rules may decide it)."""
+                   promised: Counter[str] | None = None, pool: Callable[[str], str] = lambda sku: sku) -> list[str]:
+    """Why ``order`` needs a person (empty when the automatic rules may decide it).
+
+    ``promised`` counts units already accepted for earlier orders per stock pool (``pool`` names a
+    SKU's pool: variations sharing their parent's stock count together).
+    """
     rules = marketplace.human_review
     reasons: list[str] = []
     if not marketplace.order_policy.accept_orders:
@@ -105,11 +109,11 @@ def review_reasons(order: Order, woo: Mapping[str, WooFacts], marketplace: Marke
                 reasons.append(f"line {line.order_line_id} ({line.offer_sku}): unit price {price} is more than "
                                f"{_percent(share)} % below the WooCommerce price {facts.price}")
         if rules.backorder_short_lines and facts.backorders_allowed and facts.quantity is not None:
-            available = facts.quantity - taken[line.offer_sku]
+            available = facts.quantity - taken[pool(line.offer_sku)]
             if line.quantity > available:
                 reasons.append(f"line {line.order_line_id} ({line.offer_sku}): {line.quantity} ordered, "
                                f"{max(available, 0)} in stock, and the product allows backorders")
-        taken[line.offer_sku] += line.quantity
+        taken[pool(line.offer_sku)] += line.quantity
     return reasons
 
 

@@ -1,4 +1,4 @@
-"""Provider metadata: registers the "Mirakl" and "WooCommerce" connection types with Airflow.
+"""Provider metadata: registers the "Mirakl", "WooCommerce" and Slack-alerts connection types with Airflow.
 
 Custom connection types can only come from a provider's ``apache_airflow_provider``
 entry point (declared in pyproject.toml), never from a plugin. The form fields are
@@ -84,6 +84,19 @@ def get_provider_info() -> dict[str, Any]:
                         "login": "ck_...",
                         "password": "cs_...",
                         "extra": '{"verify_ssl": true, "timeout": 60}',
+                    },
+                },
+            },
+            {
+                "connection-type": "woo_mirakl_slack_webhook",
+                "hook-class-name": "include.woo_mirakl.slack_webhook.SlackAlertsWebhookHook",
+                "hook-name": "Slack incoming webhook (alerts)",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "host"],
+                    "relabeling": {"password": "Webhook URL"},
+                    "placeholders": {
+                        "password": "https://hooks.slack.com/services/T.../B.../...",
+                        "extra": '{"timeout": 5}',
                     },
                 },
             },

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -21,12 +22,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
 
 from include.woo_mirakl.budgets import CallBudget, CallLimits, default_limits
-from include.woo_mirakl.clients.http import ApiError, HttpClient, RetryPolicy, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, HttpClient, MalformedResponseError, RetryPolicy, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import (
     Account,
     AccountingDocument,
     Carrier,
     ErrorReportLine,
+    ExportStatus,
     ImportStatus,
     MessageThread,
     Offer,
@@ -626,6 +628,69 @@ class MiraklClient(HttpClient):
                                 str(d.get("id") or d.get("invoice_id"))),
         ):
             yield AccountingDocument.from_api(raw)
+
+    # Asynchronous exports ---------------------------------------------------------------
+    def request_transaction_export(
+        self,
+        *,
+        date_created_from: datetime | None = None,
+        date_created_to: datetime | None = None,
+        last_updated_from: datetime | None = None,
+        seller_billing_cycle_id: Iterable[str] | None = None,
+        transaction_type: Iterable[str] | None = None,
+        order_id: Iterable[str] | None = None,
+        items_per_chunk: int | None = None,
+    ) -> str:
+        """TL03 (once a day at most): export the transaction lines matching the filters; returns
+        the tracking id for TL04. Not retried after it may have landed: a second request would
+        spend the day's only call."""
+        body = {
+            "date_created_from": _iso(date_created_from), "date_created_to": _iso(date_created_to),
+            "last_updated_from": _iso(last_updated_from),
+            "seller_billing_cycle_id": _list_or_none(seller_billing_cycle_id),
+            "transaction_type": _list_or_none(transaction_type), "order_id": _list_or_none(order_id),
+            "items_per_chunk": items_per_chunk, "format": "JSON",
+        }
+        answer = self._call("POST", "/api/sellerpayment/transactions_logs/async", "TL03",
+                            json_body={k: v for k, v in body.items() if v is not None}, idempotent=False) or {}
+        return self._tracking_id(answer, "TL03")
+
+    def transaction_export_status(self, tracking_id: str) -> ExportStatus:
+        """TL04 (every 10 s at most): PENDING, then COMPLETED with the URL of every chunk."""
+        path = f"/api/sellerpayment/transactions_logs/async/status/{_seg(tracking_id)}"
+        return ExportStatus.from_api(self._call("GET", path, "TL04") or {})
+
+    def iter_export_file(self, url: str, operation: str) -> Iterator[dict]:
+        """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave.
+
+        The URL must be on this client's Mirakl host: the API key is sent with the download and
+        must never go anywhere else.
+        """
+        target, base = urlsplit(url), urlsplit(self.base_url)
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+            raise ValueError(f"{operation}: export file {target.scheme}://{target.netloc}/... is not on the "
+                             f"Mirakl host {base.netloc}; refusing to send the API key there")
+        path = target.path + (f"?{target.query}" if target.query else "")
+        text = self._call("GET", path, operation, expect="text") or ""
+        stripped = text.lstrip("\ufeff").strip()
+        if not stripped:
+            return
+        try:
+            data = json.loads(stripped)
+        except ValueError:  # NDJSON: one item a line
+            try:
+                data = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+            except ValueError:
+                raise MalformedResponseError(self.service, operation, 200,
+                                             f"{len(text)} characters, not JSON nor NDJSON") from None
+        items = data.get("data") if isinstance(data, dict) else data
+        yield from (i for i in items or [] if isinstance(i, dict))
+
+    def _tracking_id(self, answer: Any, operation: str) -> str:
+        value = answer.get("tracking_id") if isinstance(answer, dict) else None
+        if value in (None, ""):
+            raise UncertainWriteError(self.service, operation, "the answer carries no tracking_id", 200)
+        return str(value)
 
     def iter_order_threads(self, order_id: str, *, with_messages: bool = True, limit: int = 50) -> Iterator[MessageThread]:
         """M11: message threads on one order (e.g. the customer's message)."""
