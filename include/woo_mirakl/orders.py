@@ -50,6 +50,7 @@ from include.woo_mirakl.order_mapping import (
     vanished_lines,
 )
 from include.woo_mirakl.order_money import expected_total, totals_problem
+from include.woo_mirakl.unseen_demand import record_listing
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class OrderIngest:
     def fetch_changes(self) -> dict[str, int]:
         """Read changed orders (OR11) into the ledger; a used-up call budget skips politely."""
         result = StepResult()
+        started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
@@ -172,6 +174,8 @@ class OrderIngest:
                     EXC_LISTING, "or11_resume", {"created_date": _iso(resume), "orders_read": len(orders)}, self.mp
                 )
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
         return result.as_dict()
 
     def _record(self, order: Order) -> str:
