@@ -16,7 +16,8 @@ One cycle (every minute, one at a time) has two steps:
     price rule; see :mod:`include.woo_mirakl.stock`), and sends only what differs from what
     Mirakl accepted: **one** STO01 file and **one** PRI01 file. Periodically (and on demand)
     it runs a *full comparison* instead: every WooCommerce SKU against every Mirakl offer
-    (OF21), which also finds unmatched SKUs in both directions and repairs any drift.
+    (the offer export, :mod:`include.woo_mirakl.offer_export`; WooCommerce pages read by a
+    small bounded pool), which also finds unmatched SKUs in both directions and repairs any drift.
     Demand is the whole store's, learnt first from a fresh OR11 listing of every marketplace
     shared with the order ingest; a cycle without one only lowers offers, never above what
     Mirakl holds (see :mod:`include.woo_mirakl.unseen_demand`).
@@ -44,7 +45,11 @@ from include.woo_mirakl.clients.mirakl import MiraklClient, PriceLine, StockLine
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
-from include.woo_mirakl.stock import AcceptedOffer, OfferTarget, WooItem, offer_target, price_to_send, quantity_to_send
+from include.woo_mirakl.offer_export import read_offers
+from include.woo_mirakl.stock import (
+    AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
+)
+from include.woo_mirakl.woo_pages import iter_pages_pooled
 from include.woo_mirakl.unseen_demand import (  # noqa: F401 - OPEN_ORDER_STATES kept importable from here
     DEFAULT_FRESH_FOR,
     OPEN_ORDER_STATES,
@@ -81,6 +86,7 @@ class InventorySettings:
     # A STO01/PRI01 slot opening within this many seconds is waited for, so scheduler jitter
     # between two every-minute runs does not cost a whole cycle. Status calls never wait.
     send_wait: float = 10.0
+    woo_page_pool: int = 3  # WooCommerce pages read at once by a full comparison (a small store's share)
     # How old a complete OR11 listing may be for a cycle to trust the ledger's demand and raise.
     listing_fresh_for: timedelta = DEFAULT_FRESH_FOR
 
@@ -393,13 +399,13 @@ class InventoryPush:
         no_sku: set[str] = set()
 
         cursor = self._cursor("products_modified")
-        parents: list[int] = []
+        parents: dict[int, bool] = {}  # changed variable products -> whether they manage a stock pool
         for raw in self._iter_modified("/products", "woo.products.list", cursor):
             plan.cursors["products_modified"] = _later(plan.cursors.get("products_modified") or cursor,
                                                        raw.get("date_modified_gmt"))
             item = WooItem.from_api(raw)
             if item.type == "variable":
-                parents.append(item.id)
+                parents[item.id] = item.manage_stock is True
             self._collect(item, items, no_sku)
 
         cursor = self._cursor("variations_modified")
@@ -421,6 +427,11 @@ class InventoryPush:
         wanted.update(self._cursor("held_back", []) or [])
         for item in self._items_by_sku(wanted - set(items)):
             self._collect(item, items, no_sku)
+        # A pool's demand is its variations' together: read the siblings of any pool member seen.
+        pools = {i.parent_id for i in items.values() if i.manage_stock == "parent"} - set(parents)
+        for parent in sorted(pools):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
+                self._collect(WooItem.from_api({**raw, "type": "variation", "parent_id": parent}), items, no_sku)
 
         self._report_variations_without_sku(no_sku, seen_with_sku={str(i.id) for i in items.values()}, full=False)
         # SKUs Mirakl has no offer for are left to the full comparison, which sees when one appears.
@@ -449,7 +460,7 @@ class InventoryPush:
             since = _parse_gmt(cursor) - self.settings.overlap
             params.update({"modified_after": since.strftime("%Y-%m-%dT%H:%M:%S"), "dates_are_gmt": "true"})
         seen: set[tuple[Any, Any]] = set()
-        for item in self.woo.iter_pages(path, operation, params):
+        for item in iter_pages_pooled(self.woo, path, operation, params, self.settings.woo_page_pool):
             key = (item.get("id"), item.get("date_modified_gmt"))
             if key not in seen:
                 seen.add(key)
@@ -461,16 +472,21 @@ class InventoryPush:
             self._variations_route = self.woo.version() >= (10, 3)
         return self._variations_route
 
-    def _iter_changed_variations(self, cursor: str | None, modified_parents: list[int]) -> Iterator[dict]:
+    def _iter_changed_variations(self, cursor: str | None, modified_parents: Mapping[int, bool]) -> Iterator[dict]:
+        """Variations that may have changed, reading only parents whose ``date_modified`` moved.
+
+        A real store moves a parent's date whenever one of its variations is saved or sold, and a
+        sale from a parent-managed pool moves only the parent's: so a changed parent's variations
+        are read whole, and an unchanged parent's not at all (the periodic full comparison is the
+        safety net for anything else).
+        """
         if self._has_variations_route():
             yield from self._iter_modified("/variations", "woo.variations.all", cursor)
-            return
-        # Older stores: a variation's change does not move its parent's date, so every variable
-        # product's variations are asked for their own changes (one request per variable product).
-        parents = {int(p["id"]) for p in self._iter_modified(
-            "/products", "woo.products.list", None, fields="id", extra={"type": "variable"})}
-        for parent in sorted(parents | set(modified_parents)):
-            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", cursor):
+            parents = [p for p, pool in modified_parents.items() if pool]  # pool sales move no variation
+        else:
+            parents = list(modified_parents)
+        for parent in sorted(parents):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
                 yield {**raw, "type": "variation", "parent_id": parent}
 
     def _items_by_sku(self, skus: Iterable[str]) -> Iterator[WooItem]:
@@ -502,9 +518,11 @@ class InventoryPush:
         mirakl: Mapping[str, tuple[int | None, Decimal | None]] | None = None,
     ) -> None:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
+        items = list(items)
+        pools = pool_demand(items, demand)  # variations sharing a parent's stock share its demand
         for item in items:
             plan.examined += 1
-            target = offer_target(item, self.marketplace, demand.get(item.sku, 0))
+            target = offer_target(item, self.marketplace, pools[item.pool])
             record = states.get(item.sku)
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
@@ -544,10 +562,7 @@ class InventoryPush:
         page and each page is compared and dropped, so the catalogue is never held twice.
         """
         plan = Plan(full=True)
-        offers: dict[str, tuple[int | None, Decimal | None]] = {}
-        for offer in self.mirakl.iter_offers():
-            if offer.shop_sku:
-                offers[offer.shop_sku] = (offer.quantity, offer.price)
+        offers = read_offers(self.mirakl, self.ledger, FLOW, self.name, self.clock())  # OF52-OF54
 
         missing_in_mirakl: dict[str, int] = {}
         no_sku: set[str] = set()
@@ -619,22 +634,16 @@ class InventoryPush:
     # ---- exceptions ---------------------------------------------------------------------------------
     def _report_unmatched(self, missing_in_mirakl: Mapping[str, int], orphan_offers: Mapping[str, Any]) -> None:
         open_mirakl = self._open_keys(MISSING_IN_MIRAKL)
-        for sku, product_id in missing_in_mirakl.items():
-            if sku not in open_mirakl:
-                self.ledger.raise_exception(
-                    MISSING_IN_MIRAKL, sku,
-                    {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_MIRAKL, {  # one transaction, however many
+            sku: {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"}
+            for sku, product_id in missing_in_mirakl.items() if sku not in open_mirakl
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_MIRAKL, self.name, missing_in_mirakl)
         open_woo = self._open_keys(MISSING_IN_WOOCOMMERCE)
-        for sku in orphan_offers:
-            if sku not in open_woo:
-                self.ledger.raise_exception(
-                    MISSING_IN_WOOCOMMERCE, sku,
-                    {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_WOOCOMMERCE, {
+            sku: {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"}
+            for sku in orphan_offers if sku not in open_woo
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_WOOCOMMERCE, self.name, orphan_offers)
 
     def _report_variations_without_sku(self, ids: set[str], seen_with_sku: set[str], full: bool) -> None:
