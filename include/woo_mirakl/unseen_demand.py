@@ -30,14 +30,15 @@ is either still unreserved (then it is in the store demand and subtracted) or al
 (then WooCommerce's stock no longer counts it); if the ingest reserves it between the two reads
 it is subtracted twice, which only lowers; a line the ingest refuses counts as demand until
 Mirakl shows it REFUSED, so its units are given back once, by Mirakl. So the quantity sent is
-WooCommerce's stock minus
-*every* unit sold before the listing; whatever Mirakl took off for those orders is never given
-back, on this marketplace or any other. Such a cycle may raise (restocks, released orders).
+WooCommerce's stock minus *every* unit sold on *any* marketplace of the store before the
+listing: whatever Mirakl took off for those orders is never given back, and a sale on one
+marketplace lowers the offers on all the others. Such a cycle may raise (restocks, releases).
 
 *Unsure* cycles (a listing failed, was cut short, or could not run because the OR11 budget was
 spent and no fresh listing exists: the ingest is behind): before each stock line is sent, the
-offer's live quantity is read from Mirakl (OF21 by SKU, which has no published ceiling; the full
-comparison already holds it), and the line may only **lower** it (:func:`allowed_quantity`):
+offer's live quantity is read from Mirakl (OF21 by SKU, which has no published ceiling; read
+at that moment even in a full comparison, whose offer export may be older than Mirakl's latest
+sales), and the line may only **lower** it (:func:`allowed_quantity`):
 
 * if this marketplace's own listing is fresh, its sales are all known, so the line is
   ``min(target, live)``;
@@ -48,9 +49,10 @@ comparison already holds it), and the line may only **lower** it (:func:`allowed
   by Mirakl; a known sale of this marketplace learnt since ``told`` is subtracted twice, which
   only lowers.
 
-Either way the value sent is never above what Mirakl holds at the moment it is read. A SKU the
-rule held below its target is remembered and examined again by the next cycle, which raises it
-once it is sure.
+Either way the value sent is never above what Mirakl holds at the moment it is read. Unread
+sales on *another* marketplace are not in this offer's live quantity: an unsure cycle cannot
+subtract them, it only never raises; the first sure cycle does. A SKU the rule held below its
+target is remembered and examined again by the next cycle, which raises it once it is sure.
 
 The one window no choice closes: a sale placed after the listing started and before Mirakl has
 applied the stock file (seconds; up to ``fresh_for`` when another flow listed) is overwritten by
