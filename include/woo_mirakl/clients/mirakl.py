@@ -12,6 +12,7 @@ Listings are iterators that stream pages as the spec defines them: offset pagina
 from __future__ import annotations
 
 import csv
+import email.utils
 import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -179,6 +180,7 @@ class MiraklClient(HttpClient):
         self.budget = budget
         self.limits = limits or default_limits()
         self.page_size = page_size
+        self.server_time: datetime | None = None  # Mirakl's clock (its Date header) at the last answer
 
     def error_code_and_message(self, status: int, body: Any) -> tuple[str | None, str]:
         if isinstance(body, dict):
@@ -237,6 +239,7 @@ class MiraklClient(HttpClient):
             idempotent=idempotent,
             before_attempt=self._budget_hook(operation, variant, charge_budget),
         )
+        self.server_time = _date_header(reply.headers) or self.server_time
         return reply.body
 
     def _import_id(self, answer: Any, operation: str) -> str:
@@ -257,8 +260,9 @@ class MiraklClient(HttpClient):
         items_key: str,
         id_of: Callable[[dict], str],
         sort_key: Callable[[dict], Any] | None = None,
+        start: int = 0,
     ) -> Iterator[dict]:
-        """Offset pagination that neither misses nor repeats items when the data moves.
+        """Offset pagination (from ``start``) that neither misses nor repeats items when the data moves.
 
         Each page after the first re-reads the last item of the previous one (the
         anchor). If the anchor is not on the new page, items moved towards the start
@@ -269,7 +273,7 @@ class MiraklClient(HttpClient):
         """
         pages_free = self.limits.pages_free(operation)
         seen: set[str] = set()
-        offset, step_back, anchor, first = 0, 1, None, True
+        offset, step_back, anchor, first = max(0, start), 1, None, True
         while True:
             body = self._call(
                 "GET", path, operation,
@@ -339,8 +343,12 @@ class MiraklClient(HttpClient):
         end_date: datetime | None = None,
         order_ids: Iterable[str] | None = None,
         customer_debited: bool | None = None,
+        offset: int = 0,
     ) -> Iterator[Order]:
-        """OR11, oldest first (creation date, then id): every matching order exactly once."""
+        """OR11, oldest first (creation date, then id): every matching order exactly once.
+
+        ``offset`` skips that many orders of the listing (to resume inside one creation second).
+        """
         ids = [str(i) for i in order_ids or []]
         if len(ids) > ORDER_IDS_PER_CALL:
             raise ValueError(f"OR11 accepts at most {ORDER_IDS_PER_CALL} order ids; use get_orders() to chunk")
@@ -360,6 +368,7 @@ class MiraklClient(HttpClient):
             id_of=lambda o: str(o.get("order_id")),
             sort_key=lambda o: (parse_datetime(o.get("created_date")) or datetime.min.replace(tzinfo=timezone.utc),
                                 str(o.get("order_id"))),
+            start=offset,
         ):
             yield Order.from_api(raw)
 
@@ -609,6 +618,14 @@ class MiraklClient(HttpClient):
         for raw in self._iter_seek("M11", "/api/inbox/threads", params,
                                    id_of=lambda d: str(d.get("id")), limit=limit):
             yield MessageThread.from_api(raw)
+
+
+def _date_header(headers: Mapping[str, str]) -> datetime | None:
+    try:
+        value = email.utils.parsedate_to_datetime(headers.get("Date") or "")
+    except (TypeError, ValueError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _list_or_none(values: Iterable[str] | None) -> list[str] | None:
