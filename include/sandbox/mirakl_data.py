@@ -120,14 +120,19 @@ def _overridden(out: dict, order: dict, lines_json: list[dict], lines: list[dict
     for target, override in [(out, order.get("json_override"))] + [
         (line_json, line.get("json_override")) for line_json, line in zip(lines_json, lines)
     ]:
-        for key, value in (override or {}).items():
-            if value == ABSENT:
-                target.pop(key, None)
-            elif isinstance(value, dict) and isinstance(target.get(key), dict):
-                target[key] = {**target[key], **value}
-            else:
-                target[key] = value
+        _merge(target, override or {})
     return out
+
+
+def _merge(target: dict, override: dict) -> None:
+    for key, value in override.items():
+        if value == ABSENT:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            target[key] = dict(target[key])
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def _encode_token(**fields: Any) -> str:
