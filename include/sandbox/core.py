@@ -221,6 +221,11 @@ class Service:
     def tick(self, now: datetime) -> None:
         """Apply time-driven transitions (deadlines, delays) up to ``now``."""
 
+    def call_variant(self, request: Request, operation: str) -> str | None:
+        """Which of an operation's published ceilings a call falls under (e.g. a full or a
+        differential export), for checking the call log against them; None when one ceiling."""
+        return None
+
 
 @dataclass
 class FaultRule:
@@ -363,6 +368,11 @@ def _make_handler(sandbox: "Sandbox", service: Service):
             from email.utils import format_datetime
 
             return format_datetime(sandbox.clock.now(), usegmt=True)
+        def setup(self) -> None:
+            super().setup()
+            # headers and body are two writes: without this, Nagle holds the body back until the
+            # client's delayed ACK (~40 ms on Linux), which would dwarf most answers' real cost
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _serve(self) -> None:
             split = urlsplit(self.path)
@@ -411,8 +421,10 @@ class Sandbox:
         state_file: str | None = None,
         clock: Clock | None = None,
         validate_requests: bool = False,
+        latency: Any = None,
     ):
         from include.sandbox.mirakl import MiraklService
+        from include.sandbox.mirakl_auth import MiraklAuthService
         from include.sandbox.woocommerce import WooService
 
         self.seed = seed
@@ -423,17 +435,20 @@ class Sandbox:
         self.faults = FaultInjector(seed)
         self.lock = threading.RLock()
         self.validate_requests = validate_requests
+        self.latency = latency  # a latency.LatencyProfile (benches) or None (tests: answer at once)
         self.mirakl = MiraklService(self)
         self.woo = WooService(self)
-        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo}
+        self.auth = MiraklAuthService(self)  # Mirakl's authentication system (OAuth 2)
+        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo, "auth": self.auth}
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
         if state_file:
             self.load()
 
     # Life cycle ------------------------------------------------------------------
-    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1") -> "Sandbox":
-        for name, port in (("mirakl", mirakl_port), ("woo", woo_port)):
+    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1",
+              auth_port: int = 0) -> "Sandbox":
+        for name, port in (("mirakl", mirakl_port), ("woo", woo_port), ("auth", auth_port)):
             server = _Server((host, port), _make_handler(self, self.services[name]))
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -460,6 +475,10 @@ class Sandbox:
     @property
     def woo_url(self) -> str:
         return self.url("woo")
+
+    @property
+    def auth_url(self) -> str:
+        return self.url("auth")
 
     # State -----------------------------------------------------------------------
     def now(self) -> datetime:
@@ -510,6 +529,7 @@ class Sandbox:
             "status": None,
             "fault": None,
             "violations": [],
+            "variant": service.call_variant(request, operation),
             "applied": False,
         }
         fault = self.faults.pick(service.name, operation)
@@ -548,6 +568,8 @@ class Sandbox:
             response = service.render_error(ApiError(500, f"sandbox error: {error!r}"))
         entry["status"] = response.status
         entry["applied"] = response.status < 400 and request.method not in ("GET", "HEAD")
+        if self.latency is not None:  # outside the lock: slow answers overlap as on a real server
+            self.latency.wait(service.name, operation, request, response)
         if fault is None or fault.kind in FAULTS_BEFORE:
             self.log.record(entry)
             return response

@@ -24,8 +24,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
+from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
+from include.woo_mirakl.clients.http import ApiError, ClientError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
+from include.woo_mirakl.order_log import decision_line
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger.repository import ActionRecord, Ledger, OrderRecord
 from include.woo_mirakl.order_mapping import (
@@ -33,6 +36,7 @@ from include.woo_mirakl.order_mapping import (
     META_CANCEL_REASON,
     META_MARKETPLACE,
     META_ORDER_ID,
+    VANISHED,
     InvalidOrderError,
     SHORT_STOCK,
     LineDecision,
@@ -43,10 +47,14 @@ from include.woo_mirakl.order_mapping import (
     meta_value,
     order_decision,
     payload_problems,
+    pool_of,
     reservation_order,
     shipping_line_id,
+    vanished_lines,
 )
 from include.woo_mirakl.writes import DONE, FINAL, RETRY, UNCERTAIN, Write, Writer
+from include.woo_mirakl.order_money import expected_total, totals_problem
+from include.woo_mirakl.unseen_demand import record_listing
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,8 @@ EXC_FUTURE = "order_date_in_future"
 EXC_OUTSIDE = "order_accepted_outside"
 EXC_NO_WOO_ORDER = "order_without_woo_order"
 EXC_PARTIAL = "order_partial_acceptance_disabled"
+EXC_TOTALS = "order_totals_mismatch"
+EXC_VANISHED = "order_product_vanished"
 
 KIND_CREATE = "woo.orders.create"
 KIND_ACCEPT = "mirakl.OR21"
@@ -132,6 +142,7 @@ class OrderIngest:
         self.overlap = overlap
         self.initial_lookback = initial_lookback
         self.writer = Writer(ledger, marketplace.name)
+        self._created: dict[str, dict] = {}  # WooCommerce's answers to this run's creates, by Mirakl order id
 
     def __repr__(self) -> str:
         return f"OrderIngest({self.mp!r})"
@@ -149,6 +160,7 @@ class OrderIngest:
         the cursor nor "Mirakl's clock".
         """
         result = StepResult()
+        started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
@@ -193,6 +205,8 @@ class OrderIngest:
                      "low_water": _iso(low_water)}
             result.add("partial")
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
         return result.as_dict()
 
     def _mirakl_now(self) -> datetime:
@@ -281,32 +295,53 @@ class OrderIngest:
     def decide_and_reserve(self) -> dict[str, int]:
         """Decide undecided waiting orders and create their ``on-hold`` WooCommerce orders."""
         result = StepResult()
+        overdue = human_review.apply_overdue_defaults(
+            self.ledger, self.marketplace, human_review.mirakl_now(self.ledger, self.mp, self.clock))
+        if overdue:
+            result.add("review_timed_out", len(overdue))
         waiting = [r for r in self.ledger.orders_in_states(self.mp, [WAITING]) if not (r.detail or {}).get("problems")]
-        undecided = sorted((r for r in waiting if r.decision is None), key=_created_key)
+        # a flagged order is a person's to decide (or Mirakl's, when they left it)
+        undecided = sorted((r for r in waiting if r.decision is None and human_review.review_state(r) is None),
+                           key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
         to_reserve.extend(self._accepted_without_woo_order(result))
+        decided_now: list[str] = []
         if undecided:
-            promised: Counter[str] = Counter()
+            skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
+            refs = self.woo.products_by_sku(skus)
+            stock = {sku: StockInfo.of(ref) for sku, ref in refs.items()}
+            facts = {sku: human_review.WooFacts.from_ref(ref, stock[sku].quantity) for sku, ref in refs.items()}
+            in_airflow = self.marketplace.human_review.in_airflow
+            promised: Counter[str] = Counter()  # per stock pool: siblings sharing a parent's stock count together
             for record in to_reserve:  # accepted earlier, not yet held by a WooCommerce order
                 for line in record.lines:
                     if line.decision == ACCEPTED and line.offer_sku:
-                        promised[line.offer_sku] += line.quantity or 0
-            skus = {line.offer_sku for r in undecided for line in r.lines if line.offer_sku}
-            stock = {sku: StockInfo(_tracked_quantity(ref)) for sku, ref in self.woo.products_by_sku(skus).items()}
+                        promised[pool_of(line.offer_sku, stock)] += line.quantity or 0
             for record in undecided:
                 order = _order(record)
-                decisions = decide_lines(order, stock, self.marketplace.order_policy, promised)
+                reasons = human_review.review_reasons(order, facts, self.marketplace, promised,
+                                                      pool=lambda sku: pool_of(sku, stock)) if in_airflow else []
+                decisions = None if reasons else decide_lines(order, stock, self.marketplace.order_policy, promised)
+                if decisions is None and in_airflow:
+                    reasons = reasons or ["a line's SKU is unknown in WooCommerce and refuse_unknown_sku is off"]
+                    human_review.flag_for_review(self.ledger, self.mp, order, reasons, facts, self.clock())
+                    result.add("needs_review")
+                    continue
                 if decisions is None:
                     result.add("left_for_human")
                     continue
-                decisions = _all_or_nothing(decisions, self.marketplace.order_policy.partial_acceptance, promised)
+                decisions = _all_or_nothing(decisions, self.marketplace.order_policy.partial_acceptance, promised,
+                                            lambda sku: pool_of(sku, stock))
                 decided = self._save_decisions(order, decisions)
                 result.add(f"decided_{decided.decision}")
+                decided_now.append(decided.mirakl_order_id)
                 if decided.decision != "refused":
                     to_reserve.append(decided)
         if to_reserve:
             self._reserve(to_reserve, result)
+        for order_id in decided_now:
+            log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
         return result.as_dict()
 
     def _accepted_without_woo_order(self, result: StepResult) -> list[OrderRecord]:
@@ -381,11 +416,20 @@ class OrderIngest:
             self.mp, order.order_id, decision=order_decision(decisions), decided_at=self.clock()
         )
 
-    def _reservation(self, record: OrderRecord, body: dict) -> Write:
+    def _reservation(self, record: OrderRecord, body: dict, attempt: str = "") -> Write:
+        def outcome(woo_order: dict) -> dict[str, Any]:
+            gone = vanished_lines(body, woo_order)
+            return {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order),
+                    **({"vanished_lines": gone} if gone else {})}
+
+        def send() -> dict:
+            woo_order = self.woo.create_order(body)
+            self._created[record.mirakl_order_id] = woo_order
+            return woo_order
+
         return Write(
-            key=self._key(KIND_CREATE, record.mirakl_order_id), kind=KIND_CREATE, target=record.mirakl_order_id,
-            request=_create_digest_source(body), send=lambda: self.woo.create_order(body),
-            outcome=lambda woo_order: {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order)},
+            key=self._key(KIND_CREATE, record.mirakl_order_id) + attempt, kind=KIND_CREATE,
+            target=record.mirakl_order_id, request=_create_digest_source(body), send=send, outcome=outcome,
         )
 
     def _reserve(self, records: list[OrderRecord], result: StepResult) -> None:
@@ -394,7 +438,10 @@ class OrderIngest:
         for record in records:
             order = _order(record)
             accepted = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
-            write = self._reservation(record, reservation_order(self.marketplace, order, accepted))
+            body = reservation_order(self.marketplace, order, accepted)
+            attempt = (record.detail or {}).get("reservation_attempt")
+            # an earlier reservation lost a product and was undone: a new one
+            write = self._reservation(record, body, f"#{attempt}" if attempt else "")
             action = self.writer.begin(write)
             if action.state == "done":
                 self._remember_woo_order(record, action.outcome or {})
@@ -437,7 +484,13 @@ class OrderIngest:
     def _create(self, record: OrderRecord, write: Write, action: ActionRecord, result: StepResult) -> None:
         sent = self.writer.send(write, action)
         if sent.status == DONE:
+            woo_order = self._created.pop(record.mirakl_order_id)
+            gone = (sent.outcome or {}).get("vanished_lines")
+            if gone:
+                self._undo_reservation(record, woo_order, gone, result)
+                return
             self._remember_woo_order(record, sent.outcome or {})
+            self._check_totals(record, woo_order)
             self.ledger.resolve_exception(EXC_RESERVE, record.mirakl_order_id, self.mp)
             result.add("reserved")
         elif sent.status == UNCERTAIN:
@@ -452,6 +505,52 @@ class OrderIngest:
                 self.mp, severity="critical",
             )
             result.add("reservation_failed")
+
+    def _undo_reservation(self, record: OrderRecord, woo_order: dict, gone: list[str], result: StepResult) -> None:
+        """A created order that lost a product reserves nothing for it: cancel it, refuse or leave the lines."""
+        reason = f"{VANISHED}: Mirakl line(s) {', '.join(gone)} came back without their product"
+        update = {"status": "cancelled", "meta_data": [{"key": META_CANCEL_REASON, "value": reason}]}
+        key = self._key(KIND_CANCEL, f"{record.mirakl_order_id}:{woo_order['id']}")
+        self.ledger.begin_action(key, KIND_CANCEL, str(woo_order["id"]), update, self.mp)
+        try:
+            self.woo.update_order(int(woo_order["id"]), update)
+            self.ledger.complete_action(key, {"woo_order_id": woo_order["id"]})
+        except (ApiError, ClientError) as error:
+            self.ledger.fail_action(key, str(error), retryable=False)
+            reason += f"; cancelling WooCommerce order {woo_order['id']} failed: {error} (cancel it by hand)"
+        self.ledger.raise_exception(
+            EXC_VANISHED, record.mirakl_order_id,
+            {"order_id": record.mirakl_order_id, "woo_order_id": woo_order["id"], "lines": gone, "problem": reason},
+            self.mp,
+        )
+        detail = dict(record.detail or {})
+        detail["reservation_attempt"] = int(detail.get("reservation_attempt") or 0) + 1
+        if not self.marketplace.order_policy.refuse_unknown_sku:
+            detail["reservation_failed"] = reason  # left for a person, as an unknown SKU would be
+            self.ledger.upsert_order(self.mp, record.mirakl_order_id, detail=detail)
+            result.add("vanished_left_for_human")
+            return
+        self.ledger.set_order_lines(self.mp, record.mirakl_order_id, [
+            {"mirakl_order_line_id": line_id, "decision": "refused", "decision_reason": VANISHED} for line_id in gone
+        ])
+        decisions = [LineDecision(line.mirakl_order_line_id, line.offer_sku or "", line.quantity or 0,
+                                  line.decision == ACCEPTED and line.mirakl_order_line_id not in gone)
+                     for line in record.lines]
+        self.ledger.upsert_order(self.mp, record.mirakl_order_id, decision=order_decision(decisions), detail=detail)
+        result.add("vanished_refused")
+
+    def _check_totals(self, record: OrderRecord, woo_order: dict) -> None:
+        """WooCommerce's total must be what Mirakl charged for the lines it holds (within a cent)."""
+        held = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
+        problem = totals_problem(woo_order, expected_total((record.detail or {}).get("payload") or {}, held))
+        if problem:
+            self.ledger.raise_exception(
+                EXC_TOTALS, record.mirakl_order_id,
+                {"order_id": record.mirakl_order_id, "woo_order_id": woo_order.get("id"), "problem": problem},
+                self.mp,
+            )
+        else:
+            self.ledger.resolve_exception(EXC_TOTALS, record.mirakl_order_id, self.mp)
 
     def _remember_woo_order(self, record: OrderRecord, outcome: dict) -> None:
         detail = dict(record.detail or {})
@@ -530,7 +629,11 @@ class OrderIngest:
             order = _order(record)
             try:
                 message = self._customer_message(order)
-                update = completion_update(order, message, (record.detail or {}).get("woo_shipping_line_id"))
+                update = completion_update(
+                    order, message, (record.detail or {}).get("woo_shipping_line_id"),
+                    customer_email_in_billing=self.marketplace.customer_email_in_billing,
+                    line_ids={line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED},
+                )
             except (InvalidOrderError, ArithmeticError, TypeError, ValueError) as error:
                 problems = getattr(error, "problems", None) or [f"{type(error).__name__}: {error}"]
                 self.ledger.raise_exception(
@@ -541,7 +644,8 @@ class OrderIngest:
                 )
                 result.add("invalid")
                 continue
-            if self._apply_update(record, KIND_COMPLETE, update, result):
+            if self._apply_update(record, KIND_COMPLETE, update, result,
+                                  check=lambda answer, r=record: self._check_totals(r, answer)):
                 self.ledger.upsert_order(self.mp, record.mirakl_order_id, woo_status="processing")
                 self.ledger.resolve_exception(EXC_COMPLETE, record.mirakl_order_id, self.mp)
                 result.add("completed")
@@ -577,20 +681,25 @@ class OrderIngest:
                 result.add("released")
         return result.as_dict()
 
-    def _apply_update(self, record: OrderRecord, kind: str, update: dict, result: StepResult) -> bool:
-        """An absolute (repeatable) update of the WooCommerce order, with intent and outcome.
+    def _apply_update(self, record: OrderRecord, kind: str, update: dict, result: StepResult,
+                      check: Callable[[dict], None] | None = None) -> bool:
+        """An absolute (repeatable) update of the WooCommerce order, with intent and outcome;
+        ``check`` looks at WooCommerce's answer (e.g. its recalculated totals).
 
         When the update's content changed since an unfinished attempt (Mirakl's address was
         corrected after a failed completion), the new content supersedes the old one.
         """
         woo_order_id = int(record.woo_order_id)
+        answer: dict[str, Any] = {}
         sent = self.writer.write(Write(
             key=self._key(kind, record.mirakl_order_id), kind=kind, target=str(record.woo_order_id), request=update,
-            send=lambda: self.woo.update_order(woo_order_id, update),
+            send=lambda: answer.setdefault("order", self.woo.update_order(woo_order_id, update)),
             outcome=lambda _: {"woo_order_id": record.woo_order_id},
             supersede=True, repeatable=True,
         ))
         if sent.status == DONE:
+            if check is not None and isinstance(answer.get("order"), dict):
+                check(answer["order"])
             return True
         result.add("update_failed")
         if sent.status == FINAL:
@@ -665,13 +774,6 @@ def _created_key(record: OrderRecord) -> tuple[str, str]:
     return (str(((record.detail or {}).get("payload") or {}).get("created_date") or ""), record.mirakl_order_id)
 
 
-def _tracked_quantity(ref: Any) -> int | None:
-    """Stock WooCommerce tracks for a SKU, or None when it does not manage it (no limit)."""
-    if ref.manage_stock in (False, None, "false") or ref.stock_quantity is None:
-        return None
-    return int(ref.stock_quantity)
-
-
 def _create_digest_source(body: dict) -> dict:
     """What a reservation *is* (order and lines), so a retry with fresher names still matches."""
     return {
@@ -681,10 +783,13 @@ def _create_digest_source(body: dict) -> dict:
     }
 
 
-def _all_or_nothing(decisions: list[LineDecision], policy: str, promised: Counter[str]) -> list[LineDecision]:
+def _all_or_nothing(
+    decisions: list[LineDecision], policy: str, promised: Counter[str], pool: Callable[[str], str]
+) -> list[LineDecision]:
     """Where partial acceptance is off: refuse every line, or accept every line when only stock is short.
 
-    ``promised`` (units accepted for the batch so far) is corrected for the lines that change.
+    ``promised`` (units accepted for the batch so far, per stock ``pool``) is corrected for the
+    lines that change.
     """
     accepted = [d for d in decisions if d.accepted]
     if policy == "allowed" or not accepted or len(accepted) == len(decisions):
@@ -693,12 +798,12 @@ def _all_or_nothing(decisions: list[LineDecision], policy: str, promised: Counte
     if policy == "accept_all" and only_short:
         for d in decisions:
             if not d.accepted:
-                promised[d.sku] += d.quantity
+                promised[pool(d.sku)] += d.quantity
         return [LineDecision(d.line_id, d.sku, d.quantity, True, None if d.accepted else
                              f"accepted although {d.reason} (partial acceptance off, policy accept_all)")
                 for d in decisions]
     for d in accepted:
-        promised[d.sku] -= d.quantity
+        promised[pool(d.sku)] -= d.quantity
     first = next(d for d in decisions if not d.accepted)
     return [d if not d.accepted else LineDecision(
         d.line_id, d.sku, d.quantity, False, f"whole order refused (partial acceptance off): {first.reason}")
@@ -711,6 +816,11 @@ def _why_waiting(record: OrderRecord) -> str:
         return "invalid payload: " + "; ".join(detail["problems"])
     if detail.get("reservation_failed"):
         return "WooCommerce order could not be created: " + str(detail["reservation_failed"])
+    review = (detail.get("review") or {}).get("status")
+    if record.decision is None and review == human_review.PENDING:
+        return "waiting for a person's decision in Airflow (Required actions)"
+    if record.decision is None and review == human_review.LEFT:
+        return "left to Mirakl by a person's decision"
     if record.decision is None:
         return "not decided yet"
     return "decision not confirmed by Mirakl yet"

@@ -246,4 +246,3 @@ def test_a_full_page_created_in_one_second_is_read_through(sandbox, ledger):
     for _ in range(3):
         assert run(sandbox, ledger).state == "success"
     assert {state(sandbox, o) for o in placed} == {"WAITING_DEBIT_PAYMENT"}
-    assert ledger.get_exception("order_listing_stuck", "or11_resume", "sandbox") is None

@@ -42,6 +42,7 @@ def set_woo_status(sandbox, woo_id: int, status: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(sandbox, ledger, airflow_env):
+    sandbox.woo.settings["shipment_tracking_installed"] = True  # this store has the Shipment Tracking extension
     sandbox.woo.add_simple_product("MUG", "12.50", 100, name="Tasse")
     sandbox.woo.add_simple_product("TEE", "20.00", 100, name="T-shirt")
     with sandbox.lock:

@@ -115,7 +115,7 @@ def test_every_mutating_route_can_land_then_fail(sandbox, kind):
     for name, route in routes:
         sandbox.faults.set([{"service": name, "operation": route.operation, "kind": kind, "delay": 0.0}])
         path = re.sub(r"\{\w+\}", "0", route.template)
-        url = (sandbox.mirakl_url if name == "mirakl" else sandbox.woo_url) + path
+        url = {"mirakl": sandbox.mirakl_url, "woo": sandbox.woo_url, "auth": sandbox.auth_url}[name] + path
         headers = {"Authorization": sandbox.mirakl.api_key}
         started = len(sandbox.log.entries(name, route.operation))
         try:
