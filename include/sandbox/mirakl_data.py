@@ -107,6 +107,9 @@ class MiraklSettings:
     product_ean_attribute: str = "ean"
     # OR21 refuses a decision that accepts some lines and refuses others (an operator setting).
     partial_acceptance_disabled: bool = False
+    # Asynchronous exports (TL03, OF52) stay PENDING this many sandbox seconds after the request.
+    export_delay_s: float = 30.0
+    export_items_per_chunk: int = 100_000  # the largest chunk made, whatever the request asks
 
 
 ABSENT = "__absent__"  # an override value that removes the key from the order's JSON
@@ -134,9 +137,6 @@ def _merge(target: dict, override: dict) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
-    # Asynchronous exports (TL03, OF52) stay PENDING this many sandbox seconds after the request.
-    export_delay_s: float = 30.0
-    export_items_per_chunk: int = 100_000  # the largest chunk made, whatever the request asks
 
 
 def _encode_token(**fields: Any) -> str:
