@@ -363,6 +363,11 @@ def _make_handler(sandbox: "Sandbox", service: Service):
         def log_message(self, *args: Any) -> None:  # the call log replaces stderr noise
             pass
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The Date header shows the sandbox's clock, as a real server shows its own.
+            from email.utils import format_datetime
+
+            return format_datetime(sandbox.clock.now(), usegmt=True)
         def setup(self) -> None:
             super().setup()
             # headers and body are two writes: without this, Nagle holds the body back until the

@@ -163,6 +163,15 @@ class MiraklService(Service):
     def offers(self) -> list[dict]:
         return [self.store.offer_json(o) for o in self.store.offers.values() if not o["deleted"]]
 
+    def override_order_json(self, order_id: str, fields_: dict | None = None, lines: dict[int, dict] | None = None) -> None:
+        """Show an order differently from its state (e.g. ``{"currency_iso_code": 978}``; lines by index)."""
+        order = self.store.get_order(order_id)
+        order["json_override"] = {**(order.get("json_override") or {}), **(fields_ or {})}
+        for index, override in (lines or {}).items():
+            line = order["lines"][index]
+            line["json_override"] = {**(line.get("json_override") or {}), **override}
+        order["last_updated"] = iso(self._now())
+
     def place_order(self, lines: list[dict], customer: dict | None = None, customer_message: str | None = None,
                     acceptance_delay_s: float = 86400, debit_delay_s: float = 600, shipping_price: float = 4.99,
                     order_id: str | None = None) -> dict:

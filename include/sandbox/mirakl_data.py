@@ -105,9 +105,38 @@ class MiraklSettings:
     product_required_attributes: str = "sku,title,category,ean"
     product_sku_attribute: str = "sku"
     product_ean_attribute: str = "ean"
+    # OR21 refuses a decision that accepts some lines and refuses others (an operator setting).
+    partial_acceptance_disabled: bool = False
     # Asynchronous exports (TL03, OF52) stay PENDING this many sandbox seconds after the request.
     export_delay_s: float = 30.0
     export_items_per_chunk: int = 100_000  # the largest chunk made, whatever the request asks
+
+
+ABSENT = "__absent__"  # an override value that removes the key from the order's JSON
+
+
+def _overridden(out: dict, order: dict, lines_json: list[dict], lines: list[dict]) -> dict:
+    """Apply a test's overrides (``order["json_override"]``, ``line["json_override"]``) to an order's JSON.
+
+    For payloads Mirakl should never send (a ``"NaN"`` price, a numeric SKU, a date in the
+    future, a missing key): the state stays sound, only what the API shows is changed.
+    """
+    for target, override in [(out, order.get("json_override"))] + [
+        (line_json, line.get("json_override")) for line_json, line in zip(lines_json, lines)
+    ]:
+        _merge(target, override or {})
+    return out
+
+
+def _merge(target: dict, override: dict) -> None:
+    for key, value in override.items():
+        if value == ABSENT:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            target[key] = dict(target[key])
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def _encode_token(**fields: Any) -> str:
@@ -830,6 +859,8 @@ class MiraklStore:
         if missing:
             raise ApiError(400, f"No acceptance decision for order lines {', '.join(missing)}",
                            "ORDER_LINE_ACCEPTANCE_DECISION_MISSING")
+        if self.settings.partial_acceptance_disabled and len(set(decided.values())) > 1:
+            raise ApiError(400, "Partial acceptance is disabled for this shop", "ORDER_PARTIAL_ACCEPTANCE_DISABLED")
         stamp = iso(now)
         refused = [lines[i] for i, ok in decided.items() if not ok]
         for line_id, ok in decided.items():
@@ -1097,8 +1128,9 @@ class MiraklStore:
             "transaction_date": order["debited"],
             "transaction_number": f"TR-{order['commercial_id']}" if order["debited"] else None,
         }
-        return _drop_none(out, keep={"order_state_reason_code", "order_state_reason_label", "quote_id",
-                                     "billing_address", "shipping_address"})
+        out = _drop_none(out, keep={"order_state_reason_code", "order_state_reason_label", "quote_id",
+                                    "billing_address", "shipping_address"})
+        return _overridden(out, order, lines, self._lines(order))
 
     @staticmethod
     def _address(address: dict, shipping: bool) -> dict:

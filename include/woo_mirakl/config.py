@@ -44,8 +44,14 @@ class OrderPolicy:
     accept_orders: bool = True
     refuse_unknown_sku: bool = True
     refuse_short_stock: bool = True
+    # When the operator disables partial acceptance: "refuse_all" the order when a line must be
+    # refused, or "accept_all" when only stock is short; "allowed" decides line by line.
+    partial_acceptance: str = "allowed"
+    # Orders accepted outside the integration (back office, auto-accept) get a WooCommerce order.
+    adopt_external_orders: bool = True
 
 
+PARTIAL_ACCEPTANCE = ("allowed", "refuse_all", "accept_all")
 @dataclass(frozen=True)
 class OrderListing:
     """How Mirakl counts this marketplace's OR11 listings against their ceiling.
@@ -201,6 +207,8 @@ def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
             accept_orders=bool(policy.get("accept_orders", True)),
             refuse_unknown_sku=bool(policy.get("refuse_unknown_sku", True)),
             refuse_short_stock=bool(policy.get("refuse_short_stock", True)),
+            partial_acceptance=_partial_acceptance(policy.get("partial_acceptance", "allowed"), name, path),
+            adopt_external_orders=bool(policy.get("adopt_external_orders", True)),
         ),
         acceptance_deadline_alerts=tuple(float(x) for x in entry.get("acceptance_deadline_alerts", (0.5, 0.8))),
         carrier_map_file=str(entry.get("carrier_map_file", "carriers.yaml")),
@@ -349,3 +357,12 @@ def get_marketplace(name: str, path: str | Path | None = None) -> Marketplace:
         if marketplace.name == name:
             return marketplace
     raise ConfigError(f"no marketplace named {name!r} in {path or marketplaces_file()}")
+
+
+def _partial_acceptance(value: Any, name: str, path: Any) -> str:
+    if value not in PARTIAL_ACCEPTANCE:
+        raise ConfigError(
+            f"{path}: marketplace {name!r} order_policy.partial_acceptance must be one of "
+            f"{', '.join(PARTIAL_ACCEPTANCE)}, got {value!r}"
+        )
+    return str(value)

@@ -130,14 +130,73 @@ def country_iso2(value: str | None) -> str | None:
     return None
 
 
+def payload_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Fields of an OR11 order that do not have the type the API promises (any state).
+
+    Checked on the raw JSON, before anything computes with it: a ``"NaN"`` or infinite amount,
+    a number where a string is due, an unreadable date. Each problem names the field and
+    shows its raw value.
+    """
+    if not isinstance(raw, Mapping):
+        return [f"order is a {type(raw).__name__}, not an object"]
+    problems: list[str] = []
+    for key in ("order_id", "order_state"):
+        if not isinstance(raw.get(key), str) or not raw.get(key):
+            problems.append(f"{key} {raw.get(key)!r} is not a text")
+    if raw.get("currency_iso_code") is not None and not isinstance(raw.get("currency_iso_code"), str):
+        problems.append(f"currency_iso_code {raw.get('currency_iso_code')!r} is not a text")
+    for key in ("price", "shipping_price", "total_price", "total_commission"):
+        problems.extend(_amount_problem(key, raw.get(key)))
+    for key in ("created_date", "last_updated_date", "acceptance_decision_date", "shipping_deadline"):
+        value = raw.get(key)
+        if value is not None and not _is_date(value):
+            problems.append(f"{key} {value!r} is not a date")
+    lines = raw.get("order_lines")
+    if lines is not None and not isinstance(lines, list):
+        problems.append(f"order_lines is a {type(lines).__name__}, not a list")
+        lines = []
+    for index, line in enumerate(lines or [], start=1):
+        if not isinstance(line, Mapping):
+            problems.append(f"line #{index} is a {type(line).__name__}, not an object")
+            continue
+        name = f"line {line.get('order_line_id')}" if isinstance(line.get("order_line_id"), str) else f"line #{index}"
+        for key in ("order_line_id", "offer_sku"):
+            value = line.get(key)
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{name} {key} {value!r} is not a text")
+        for key in ("price", "total_price", "shipping_price", "commission_fee"):
+            problems.extend(_amount_problem(f"{name} {key}", line.get(key)))
+    return problems
+
+
+def _amount_problem(name: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        return [f"{name} {value!r} is not a number"]
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return [f"{name} {value!r} is not a number"]
+    return [] if amount.is_finite() else [f"{name} {value!r} is not a finite number"]
+
+
+def _is_date(value: Any) -> bool:
+    from include.woo_mirakl.clients.mirakl_models import parse_datetime
+
+    return isinstance(value, str) and parse_datetime(value) is not None
+
+
 def acceptance_problems(order: Order) -> list[str]:
     """Why ``order`` cannot be decided automatically (empty when it can)."""
-    problems: list[str] = []
-    currency = (order.currency_iso_code or "").strip().upper()
-    if not currency:
-        problems.append("no currency")
-    elif currency not in CURRENCIES:
-        problems.append(f"unknown currency {order.currency_iso_code!r}")
+    problems: list[str] = payload_problems(order.raw)
+    raw_currency = order.currency_iso_code
+    currency = raw_currency.strip().upper() if isinstance(raw_currency, str) else ""
+    if isinstance(raw_currency, str) or raw_currency is None:
+        if not currency:
+            problems.append("no currency")
+        elif currency not in CURRENCIES:
+            problems.append(f"unknown currency {order.currency_iso_code!r}")
     if not order.order_lines:
         problems.append("no order lines")
     seen: set[str] = set()
@@ -148,16 +207,21 @@ def acceptance_problems(order: Order) -> list[str]:
         elif line.order_line_id in seen:
             problems.append(f"{name} appears twice")
         seen.add(line.order_line_id)
-        if not (line.offer_sku or "").strip():
+        sku = line.offer_sku
+        if not isinstance(sku, str):
+            if sku is None:
+                problems.append(f"{name} has no SKU")
+        elif not sku.strip():
             problems.append(f"{name} has no SKU")
-        elif "," in line.offer_sku:
-            problems.append(f"{name} SKU {line.offer_sku!r} contains a comma")
+        elif "," in sku:
+            problems.append(f"{name} SKU {sku!r} contains a comma")
         quantity = line.raw.get("quantity")
         if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
             problems.append(f"{name} has quantity {quantity!r} (must be a whole number above 0)")
-        if line.price is None or line.price < 0:
-            problems.append(f"{name} has price {line.raw.get('price')!r} (must be a number >= 0)")
-    return problems
+        if line.price is None or not line.price.is_finite() or line.price < 0:
+            if line.price is None or line.price.is_finite():
+                problems.append(f"{name} has price {line.raw.get('price')!r} (must be a number >= 0)")
+    return list(dict.fromkeys(problems))
 
 
 def decide_lines(

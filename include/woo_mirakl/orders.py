@@ -21,15 +21,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
 from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
 from include.woo_mirakl.order_log import decision_line
 from include.woo_mirakl.config import Marketplace
-from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
+from include.woo_mirakl.ledger.repository import ActionRecord, Ledger, OrderRecord
 from include.woo_mirakl.order_mapping import (
     ACCEPTED,
     META_CANCEL_REASON,
@@ -37,6 +38,7 @@ from include.woo_mirakl.order_mapping import (
     META_ORDER_ID,
     VANISHED,
     InvalidOrderError,
+    SHORT_STOCK,
     LineDecision,
     StockInfo,
     acceptance_problems,
@@ -44,11 +46,13 @@ from include.woo_mirakl.order_mapping import (
     decide_lines,
     meta_value,
     order_decision,
+    payload_problems,
     pool_of,
     reservation_order,
     shipping_line_id,
     vanished_lines,
 )
+from include.woo_mirakl.writes import DONE, FINAL, RETRY, UNCERTAIN, Write, Writer
 from include.woo_mirakl.order_money import expected_total, totals_problem
 from include.woo_mirakl.unseen_demand import record_listing
 
@@ -56,10 +60,18 @@ log = logging.getLogger(__name__)
 
 FLOW = "mirakl_order_ingest"
 WAITING = "WAITING_ACCEPTANCE"
+WAITING_DEBIT = "WAITING_DEBIT_PAYMENT"
 SHIPPING = "SHIPPING"
 ENDED = ("CANCELED", "REFUSED")
+# Accepted on Mirakl and not shipped yet: such an order needs a WooCommerce order to be fulfilled.
+TO_FULFIL = (WAITING_DEBIT, SHIPPING)
+# Accepted and already beyond fulfilment: too late to create one, a person must look.
+PAST_FULFILMENT = ("SHIPPED", "TO_COLLECT", "RECEIVED", "CLOSED", "INCIDENT_OPEN", "REFUNDED")
 OVERLAP = timedelta(minutes=2)
 INITIAL_LOOKBACK = timedelta(days=30)
+# Mirakl's dates may run a little ahead of ours; beyond this a date is wrong, not early.
+CLOCK_TOLERANCE = timedelta(minutes=5)
+PARTIAL_DISABLED = "ORDER_PARTIAL_ACCEPTANCE_DISABLED"
 # WooCommerce's clock may differ from ours: look for a lost create this far before its intent.
 RECOVERY_MARGIN = timedelta(minutes=15)
 
@@ -68,7 +80,11 @@ EXC_DEADLINE = "acceptance_deadline"
 EXC_RESERVE = "order_reservation_failed"
 EXC_ACCEPT = "order_acceptance_failed"
 EXC_COMPLETE = "order_completion_failed"
-EXC_LISTING = "order_listing_stuck"
+EXC_RELEASE = "order_release_failed"
+EXC_FUTURE = "order_date_in_future"
+EXC_OUTSIDE = "order_accepted_outside"
+EXC_NO_WOO_ORDER = "order_without_woo_order"
+EXC_PARTIAL = "order_partial_acceptance_disabled"
 EXC_TOTALS = "order_totals_mismatch"
 EXC_VANISHED = "order_product_vanished"
 
@@ -125,6 +141,8 @@ class OrderIngest:
         self.clock = clock
         self.overlap = overlap
         self.initial_lookback = initial_lookback
+        self.writer = Writer(ledger, marketplace.name)
+        self._created: dict[str, dict] = {}  # WooCommerce's answers to this run's creates, by Mirakl order id
 
     def __repr__(self) -> str:
         return f"OrderIngest({self.mp!r})"
@@ -135,16 +153,22 @@ class OrderIngest:
 
     # ---- 1. OR11 ----------------------------------------------------------------------------
     def fetch_changes(self) -> dict[str, int]:
-        """Read changed orders (OR11) into the ledger; a used-up call budget skips politely."""
+        """Read changed orders (OR11) into the ledger; a used-up call budget skips politely.
+
+        One order's bad payload is quarantined on its own (``order_invalid``); the rest of the
+        listing and the cursor go on. Dates later than our clock (plus a tolerance) move neither
+        the cursor nor "Mirakl's clock".
+        """
         result = StepResult()
         started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
+        skip = int(cursor.get("resume_skip") or 0) if resume_from else 0
         orders: list[Order] = []
         complete = True
         try:
-            for order in self.mirakl.iter_orders(start_update_date=since, start_date=resume_from):
+            for order in self.mirakl.iter_orders(start_update_date=since, start_date=resume_from, offset=skip):
                 orders.append(order)
         except BudgetExceeded as exceeded:
             complete = False
@@ -153,30 +177,72 @@ class OrderIngest:
                 result.add("skipped")
                 return result.as_dict()
         for order in orders:
-            result.add(self._record(order))
+            try:
+                result.add(self._record(order))
+            except Exception as error:  # noqa: BLE001 - one order's payload must never stop intake
+                log.warning("%s: order %s quarantined: %s", self.mp, order.order_id, error)
+                self._quarantine(order, [f"cannot be read: {type(error).__name__}: {error}"])
+                result.add("quarantined")
         result.add("read", len(orders))
-        newest = max((o.last_updated_date for o in orders if o.last_updated_date), default=None)
+        latest_plausible = self._mirakl_now() + CLOCK_TOLERANCE
+        newest = max((d for d in (self._plausible_update(o, latest_plausible) for o in orders) if d), default=None)
         # The first listing of a cycle sets the low-water mark: any update after that call is
         # later than everything it returned, so restarting from it misses nothing.
         low_water = parse_datetime(cursor.get("low_water")) if resume_from else newest
-        # Mirakl's clock is at least at the newest update it reported (see guard_deadlines).
+        # Mirakl's clock is at least at the newest (plausible) update it reported (see guard_deadlines).
         seen = max(filter(None, (newest, parse_datetime(cursor.get("newest_seen")))), default=None)
+        if seen is not None:
+            seen = min(seen, latest_plausible)
         if complete:
             next_since = max(since, low_water - self.overlap) if low_water else since
             state = {"since": _iso(next_since)}
         else:
+            # Resume on (creation date, position): a full page created in one second moves on too.
             resume = orders[-1].created_date or resume_from
-            state = {"since": _iso(since), "resume_from": _iso(resume), "low_water": _iso(low_water)}
+            same_second = sum(1 for o in orders if o.created_date == resume)
+            skip = same_second + (skip if resume == resume_from else 0)
+            state = {"since": _iso(since), "resume_from": _iso(resume), "resume_skip": skip,
+                     "low_water": _iso(low_water)}
             result.add("partial")
-            if resume == resume_from:
-                # a whole page created in the same second: resuming by creation date cannot move on
-                self.ledger.raise_exception(
-                    EXC_LISTING, "or11_resume", {"created_date": _iso(resume), "orders_read": len(orders)}, self.mp
-                )
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
         if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
             record_listing(self.ledger, self.mp, started)
         return result.as_dict()
+
+    def _mirakl_now(self) -> datetime:
+        """Mirakl's clock as its last answer showed it (HTTP Date), never behind ours."""
+        server = getattr(self.mirakl, "server_time", None)
+        return max(self.clock(), server) if isinstance(server, datetime) else self.clock()
+
+    def _plausible_update(self, order: Order, latest: datetime) -> datetime | None:
+        """The order's last update, unless it is later than Mirakl's own clock allows: then an exception."""
+        updated = order.last_updated_date
+        if updated is None or updated <= latest:
+            if updated is not None:
+                self.ledger.resolve_exception(EXC_FUTURE, order.order_id, self.mp)
+            return updated
+        self.ledger.raise_exception(
+            EXC_FUTURE, order.order_id,
+            {"order_id": order.order_id, "last_updated_date": order.raw.get("last_updated_date"),
+             "our_clock": _iso(self.clock()), "mirakl_clock": _iso(self._mirakl_now()),
+             "effect": "ignored for the OR11 cursor and Mirakl's clock; the order itself is read"},
+            self.mp,
+        )
+        return None
+
+    def _quarantine(self, order: Order, problems: list[str]) -> None:
+        """Keep the raw payload and say why, so the order is neither lost nor acted on."""
+        raw = order.raw if isinstance(order.raw, dict) else {}
+        order_id = str(order.order_id)
+        try:
+            self.ledger.upsert_order(self.mp, order_id, detail={"payload": raw, "problems": problems})
+        except Exception as error:  # noqa: BLE001 - even an unstorable payload gets its exception
+            problems = [*problems, f"payload not stored: {type(error).__name__}"]
+        self.ledger.raise_exception(
+            EXC_INVALID, order_id,
+            {"order_id": order_id, "commercial_id": raw.get("commercial_id"), "problems": problems},
+            self.mp,
+        )
 
     def _record(self, order: Order) -> str:
         """Store one OR11 order and its lines; returns what happened (new / changed / unchanged)."""
@@ -188,15 +254,15 @@ class OrderIngest:
         ):
             return "unchanged"
         detail = dict(existing.detail or {}) if existing else {}
-        problems = acceptance_problems(order) if order.order_state == WAITING else []
+        problems = acceptance_problems(order) if order.order_state == WAITING else payload_problems(order.raw)
         had_problems = bool(detail.get("problems"))
         detail.update(payload=order.raw, problems=problems)
         self.ledger.upsert_order(
             self.mp, order.order_id,
-            commercial_id=order.commercial_id,
-            mirakl_state=order.order_state,
-            currency=(order.currency_iso_code or "")[:3] or None,
-            total_price=order.total_price,
+            commercial_id=_text(order.commercial_id),
+            mirakl_state=_text(order.order_state),
+            currency=(_text(order.currency_iso_code) or "")[:3] or None,
+            total_price=_finite(order.total_price),
             acceptance_deadline=order.acceptance_decision_date,
             shipping_deadline=order.shipping_deadline,
             last_mirakl_update=order.last_updated_date,
@@ -205,10 +271,10 @@ class OrderIngest:
         lines = [
             {
                 "mirakl_order_line_id": line.order_line_id,
-                "offer_sku": line.offer_sku,
+                "offer_sku": _text(line.offer_sku),
                 "quantity": line.quantity,
-                "price": line.price,
-                "mirakl_state": line.order_line_state,
+                "price": _finite(line.price),
+                "mirakl_state": _text(line.order_line_state),
             }
             for line in order.order_lines
             if line.order_line_id not in ("", "None")
@@ -239,6 +305,7 @@ class OrderIngest:
                            key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
+        to_reserve.extend(self._accepted_without_woo_order(result))
         decided_now: list[str] = []
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
@@ -264,6 +331,8 @@ class OrderIngest:
                 if decisions is None:
                     result.add("left_for_human")
                     continue
+                decisions = _all_or_nothing(decisions, self.marketplace.order_policy.partial_acceptance, promised,
+                                            lambda sku: pool_of(sku, stock))
                 decided = self._save_decisions(order, decisions)
                 result.add(f"decided_{decided.decision}")
                 decided_now.append(decided.mirakl_order_id)
@@ -275,6 +344,69 @@ class OrderIngest:
             log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
         return result.as_dict()
 
+    def _accepted_without_woo_order(self, result: StepResult) -> list[OrderRecord]:
+        """Orders accepted outside the integration (back office, auto-accept) that WooCommerce lacks.
+
+        Still to fulfil: decided from Mirakl's own line states and reserved like any other (the
+        SHIPPING step then completes them), unless the policy says a person decides. Already
+        beyond fulfilment: too late to create one; a critical exception.
+        """
+        adopt = self.marketplace.order_policy.adopt_external_orders
+        found: list[OrderRecord] = []
+        missing: list[str] = []
+        for record in self.ledger.orders_in_states(self.mp, [*TO_FULFIL, *PAST_FULFILMENT]):
+            detail = record.detail or {}
+            if record.woo_order_id is not None or detail.get("problems") or detail.get("reservation_failed"):
+                continue
+            if record.decision is not None and record.mirakl_state in TO_FULFIL:
+                found.append(record)  # decided here, accepted on Mirakl, reservation still to make
+                continue
+            live = [line for line in record.lines if line.mirakl_state not in ("REFUSED", "CANCELED")]
+            if not live or record.decision is not None:
+                continue
+            if record.mirakl_state in PAST_FULFILMENT or not adopt:
+                missing.append(record.mirakl_order_id)
+                self.ledger.raise_exception(EXC_NO_WOO_ORDER, record.mirakl_order_id, {
+                    "order_id": record.mirakl_order_id, "commercial_id": record.commercial_id,
+                    "mirakl_state": record.mirakl_state,
+                    "why": "accepted on Mirakl outside this integration; "
+                           + ("too late to create its WooCommerce order" if record.mirakl_state in PAST_FULFILMENT
+                              else "order_policy.adopt_external_orders is off: create it by hand"),
+                }, self.mp, severity="critical")
+                continue
+            reason = "accepted on Mirakl outside this integration"
+            self.ledger.set_order_lines(self.mp, record.mirakl_order_id, [
+                {"mirakl_order_line_id": line.mirakl_order_line_id,
+                 "decision": ACCEPTED if line in live else "refused", "decision_reason": reason}
+                for line in record.lines
+            ])
+            decision = "accepted" if len(live) == len(record.lines) else "partially"
+            detail = {**detail, "or21_sent": True, "accepted_outside": True}
+            found.append(self.ledger.upsert_order(
+                self.mp, record.mirakl_order_id, decision=decision, decided_at=self.clock(), detail=detail))
+            self.ledger.raise_exception(EXC_OUTSIDE, record.mirakl_order_id, {
+                "order_id": record.mirakl_order_id, "mirakl_state": record.mirakl_state,
+                "action": "WooCommerce order created from Mirakl's accepted lines"}, self.mp, severity="warning")
+            result.add("accepted_outside")
+        self.ledger.resolve_missing(EXC_NO_WOO_ORDER, self.mp, missing)
+        return found
+
+    def _refuse_all_or_nothing(self, record: OrderRecord, error: str | None) -> None:
+        """The operator refuses partial decisions: refuse the whole order (its reservation is
+        released once Mirakl shows it REFUSED) and tell ops to set the marketplace's policy."""
+        self.ledger.set_order_lines(self.mp, record.mirakl_order_id, [
+            {"mirakl_order_line_id": line.mirakl_order_line_id, "decision": "refused",
+             "decision_reason": line.decision_reason if line.decision != ACCEPTED
+             else "partial acceptance disabled by the operator: whole order refused"}
+            for line in record.lines
+        ])
+        self.ledger.upsert_order(self.mp, record.mirakl_order_id, decision="refused")
+        self._flag(record, partial_refused=error)
+        self.ledger.raise_exception(EXC_PARTIAL, record.mirakl_order_id, {
+            "order_id": record.mirakl_order_id, "error": error,
+            "action": "whole order refused; set order_policy.partial_acceptance to refuse_all or accept_all",
+        }, self.mp, severity="warning")
+
     def _save_decisions(self, order: Order, decisions: list[LineDecision]) -> OrderRecord:
         self.ledger.set_order_lines(self.mp, order.order_id, [
             {"mirakl_order_line_id": d.line_id, "decision": d.decision, "decision_reason": d.reason}
@@ -284,48 +416,62 @@ class OrderIngest:
             self.mp, order.order_id, decision=order_decision(decisions), decided_at=self.clock()
         )
 
+    def _reservation(self, record: OrderRecord, body: dict, attempt: str = "") -> Write:
+        def outcome(woo_order: dict) -> dict[str, Any]:
+            gone = vanished_lines(body, woo_order)
+            return {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order),
+                    **({"vanished_lines": gone} if gone else {})}
+
+        def send() -> dict:
+            woo_order = self.woo.create_order(body)
+            self._created[record.mirakl_order_id] = woo_order
+            return woo_order
+
+        return Write(
+            key=self._key(KIND_CREATE, record.mirakl_order_id) + attempt, kind=KIND_CREATE,
+            target=record.mirakl_order_id, request=_create_digest_source(body), send=send, outcome=outcome,
+        )
+
     def _reserve(self, records: list[OrderRecord], result: StepResult) -> None:
-        pending: list[tuple[OrderRecord, dict, str]] = []
-        lost: list[tuple[OrderRecord, dict, str]] = []
+        pending: list[tuple[OrderRecord, Write, ActionRecord]] = []
+        lost: list[tuple[OrderRecord, Write, ActionRecord]] = []
         for record in records:
             order = _order(record)
             accepted = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
             body = reservation_order(self.marketplace, order, accepted)
-            key = self._key(KIND_CREATE, record.mirakl_order_id)
             attempt = (record.detail or {}).get("reservation_attempt")
-            if attempt:  # an earlier reservation lost a product and was undone: a new one
-                key = f"{key}#{attempt}"
-            action = self.ledger.begin_action(
-                key, KIND_CREATE, record.mirakl_order_id, _create_digest_source(body), self.mp
-            )
+            # an earlier reservation lost a product and was undone: a new one
+            write = self._reservation(record, body, f"#{attempt}" if attempt else "")
+            action = self.writer.begin(write)
             if action.state == "done":
                 self._remember_woo_order(record, action.outcome or {})
                 result.add("already_reserved")
             elif action.state == "failed":
                 result.add("reservation_failed")
             elif action.state == "uncertain":
-                lost.append((record, body, key))
+                lost.append((record, write, action))
             else:
-                pending.append((record, body, key))
+                pending.append((record, write, action))
         if lost:
-            found = self._find_created(lost)
-            for record, body, key in lost:
+            # WooCommerce has no idempotency key: look for what an earlier attempt created, in one listing
+            found = self._find_created([record for record, _, _ in lost])
+            for record, write, action in lost:
                 woo_order = found.get(record.mirakl_order_id)
                 if woo_order is None:
-                    pending.append((record, body, key))
+                    pending.append((record, write, action))
                     continue
-                outcome = {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order),
-                           "found_after_crash": True}
-                self.ledger.complete_action(key, outcome)
-                self._remember_woo_order(record, outcome)
+                done = self.writer.settled(write, action, {
+                    "woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order),
+                    "found_after_crash": True})
+                self._remember_woo_order(record, done.outcome or {})
                 result.add("recovered")
-        for record, body, key in pending:
-            self._create(record, body, key, result)
+        for record, write, action in pending:
+            self._create(record, write, action, result)
 
-    def _find_created(self, lost: list[tuple[OrderRecord, dict, str]]) -> dict[str, dict]:
+    def _find_created(self, lost: list[OrderRecord]) -> dict[str, dict]:
         """WooCommerce orders carrying our ``_mirakl_order_id``, modified since the earliest intent."""
-        since = min((r.decided_at or self.clock()) for r, _, _ in lost) - RECOVERY_MARGIN
-        wanted = {r.mirakl_order_id for r, _, _ in lost}
+        since = min((r.decided_at or self.clock()) for r in lost) - RECOVERY_MARGIN
+        wanted = {r.mirakl_order_id for r in lost}
         found: dict[str, dict] = {}
         for woo_order in self.woo.iter_orders(modified_after=since):
             order_id = meta_value(woo_order, META_ORDER_ID)
@@ -335,41 +481,30 @@ class OrderIngest:
                     found[str(order_id)] = woo_order
         return found
 
-    def _create(self, record: OrderRecord, body: dict, key: str, result: StepResult) -> None:
-        try:
-            woo_order = self.woo.create_order(body)
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
-            result.add("reservation_uncertain")
-            return
-        except ApiError as error:
-            if error.status >= 500 or error.status == 429:
-                self.ledger.fail_action(key, str(error), retryable=True)
-                result.add("reservation_retry")
+    def _create(self, record: OrderRecord, write: Write, action: ActionRecord, result: StepResult) -> None:
+        sent = self.writer.send(write, action)
+        if sent.status == DONE:
+            woo_order = self._created.pop(record.mirakl_order_id)
+            gone = (sent.outcome or {}).get("vanished_lines")
+            if gone:
+                self._undo_reservation(record, woo_order, gone, result)
                 return
-            self.ledger.fail_action(key, str(error), retryable=False)
-            self._flag(record, reservation_failed=str(error))
+            self._remember_woo_order(record, sent.outcome or {})
+            self._check_totals(record, woo_order)
+            self.ledger.resolve_exception(EXC_RESERVE, record.mirakl_order_id, self.mp)
+            result.add("reserved")
+        elif sent.status == UNCERTAIN:
+            result.add("reservation_uncertain")
+        elif sent.status == RETRY:
+            result.add("reservation_retry")
+        else:
+            self._flag(record, reservation_failed=sent.error)
             self.ledger.raise_exception(
                 EXC_RESERVE, record.mirakl_order_id,
-                {"order_id": record.mirakl_order_id, "commercial_id": record.commercial_id, "error": str(error)},
-                self.mp,
+                {"order_id": record.mirakl_order_id, "commercial_id": record.commercial_id, "error": sent.error},
+                self.mp, severity="critical",
             )
             result.add("reservation_failed")
-            return
-        except ClientError as error:  # never reached WooCommerce: safe to send again next run
-            self.ledger.fail_action(key, str(error), retryable=True)
-            result.add("reservation_retry")
-            return
-        outcome = {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order)}
-        gone = vanished_lines(body, woo_order)
-        if gone:
-            self.ledger.complete_action(key, {**outcome, "vanished_lines": gone})
-            self._undo_reservation(record, woo_order, gone, result)
-            return
-        self.ledger.complete_action(key, outcome)
-        self._remember_woo_order(record, outcome)
-        self._check_totals(record, woo_order)
-        result.add("reserved")
 
     def _undo_reservation(self, record: OrderRecord, woo_order: dict, gone: list[str], result: StepResult) -> None:
         """A created order that lost a product reserves nothing for it: cancel it, refuse or leave the lines."""
@@ -441,46 +576,33 @@ class OrderIngest:
             if record.decision != "refused" and record.woo_order_id is None:
                 continue  # never accept what WooCommerce does not hold yet
             decisions = {line.mirakl_order_line_id: line.decision == ACCEPTED for line in record.lines}
-            key = self._key(KIND_ACCEPT, record.mirakl_order_id)
-            request = {"order_id": record.mirakl_order_id, "order_lines": sorted(decisions.items())}
-            action = self.ledger.begin_action(key, KIND_ACCEPT, record.mirakl_order_id, request, self.mp)
-            if action.state == "done":
+            order_id = record.mirakl_order_id
+            key = self._key(KIND_ACCEPT, order_id) + (":all-or-nothing" if detail.get("partial_refused") else "")
+            request = {"order_id": order_id, "order_lines": sorted(decisions.items())}
+            sent = self.writer.write(Write(
+                key=key, kind=KIND_ACCEPT, target=order_id, request=request,
+                send=lambda: self.mirakl.accept_order(order_id, decisions),
+                outcome=lambda _: {"accepted": sum(decisions.values()), "lines": len(decisions)},
+                landed_if_rejected=True,  # an earlier attempt may have landed: the next OR11 tells
+            ))
+            if sent.status == DONE:
                 self._flag(record, or21_sent=True)
-                continue
-            if action.state == "failed":
-                continue
-            try:
-                self.mirakl.accept_order(record.mirakl_order_id, decisions)
-            except UncertainWriteError as error:
-                self.ledger.mark_action_uncertain(key, str(error))
+                if sent.sent:
+                    self.ledger.resolve_exception(EXC_ACCEPT, order_id, self.mp)
+                    result.add("sent")
+            elif sent.status == UNCERTAIN:
                 result.add("uncertain")
-                continue
-            except ApiError as error:
-                if action.state == "uncertain" and error.status == 400:
-                    # an earlier attempt may have landed: the next OR11 tells (the order moves on)
-                    self.ledger.mark_action_uncertain(key, str(error))
-                    result.add("uncertain")
-                    continue
-                retryable = error.status >= 500 or error.status == 429
-                self.ledger.fail_action(key, str(error), retryable=retryable)
-                if not retryable:
-                    self.ledger.raise_exception(
-                        EXC_ACCEPT, record.mirakl_order_id,
-                        {"order_id": record.mirakl_order_id, "error": str(error), "decisions": decisions}, self.mp,
-                    )
+            elif sent.status == RETRY:
+                result.add("deferred" if isinstance(sent.exception, BudgetExceeded) else "failed")
+            elif sent.sent and getattr(sent.exception, "code", None) == PARTIAL_DISABLED:
+                self._refuse_all_or_nothing(record, sent.error)
+                result.add("partial_refused")
+            elif sent.sent:
+                self.ledger.raise_exception(
+                    EXC_ACCEPT, order_id, {"order_id": order_id, "error": sent.error, "decisions": decisions},
+                    self.mp, severity="critical",
+                )
                 result.add("failed")
-                continue
-            except BudgetExceeded:
-                self.ledger.fail_action(key, "call budget used up", retryable=True)
-                result.add("deferred")
-                continue
-            except ClientError as error:
-                self.ledger.fail_action(key, str(error), retryable=True)
-                result.add("failed")
-                continue
-            self.ledger.complete_action(key, {"accepted": sum(decisions.values()), "lines": len(decisions)})
-            self._flag(record, or21_sent=True)
-            result.add("sent")
         self._settle_uncertain_acceptances(result)
         return result.as_dict()
 
@@ -501,6 +623,9 @@ class OrderIngest:
         for record in self.ledger.orders_in_states(self.mp, [SHIPPING]):
             if record.woo_order_id is None or record.woo_status != "on-hold":
                 continue
+            if (record.detail or {}).get("problems"):
+                result.add("invalid")  # quarantined by fetch_changes, with its exception
+                continue
             order = _order(record)
             try:
                 message = self._customer_message(order)
@@ -509,11 +634,12 @@ class OrderIngest:
                     customer_email_in_billing=self.marketplace.customer_email_in_billing,
                     line_ids={line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED},
                 )
-            except InvalidOrderError as error:
+            except (InvalidOrderError, ArithmeticError, TypeError, ValueError) as error:
+                problems = getattr(error, "problems", None) or [f"{type(error).__name__}: {error}"]
                 self.ledger.raise_exception(
                     EXC_COMPLETE, record.mirakl_order_id,
                     {"order_id": record.mirakl_order_id, "woo_order_id": record.woo_order_id,
-                     "problems": error.problems},
+                     "problems": problems},
                     self.mp,
                 )
                 result.add("invalid")
@@ -558,26 +684,31 @@ class OrderIngest:
     def _apply_update(self, record: OrderRecord, kind: str, update: dict, result: StepResult,
                       check: Callable[[dict], None] | None = None) -> bool:
         """An absolute (repeatable) update of the WooCommerce order, with intent and outcome;
-        ``check`` looks at WooCommerce's answer (e.g. its recalculated totals)."""
-        key = self._key(kind, record.mirakl_order_id)
-        action = self.ledger.begin_action(key, kind, str(record.woo_order_id), update, self.mp)
-        if action.state == "done":
+        ``check`` looks at WooCommerce's answer (e.g. its recalculated totals).
+
+        When the update's content changed since an unfinished attempt (Mirakl's address was
+        corrected after a failed completion), the new content supersedes the old one.
+        """
+        woo_order_id = int(record.woo_order_id)
+        answer: dict[str, Any] = {}
+        sent = self.writer.write(Write(
+            key=self._key(kind, record.mirakl_order_id), kind=kind, target=str(record.woo_order_id), request=update,
+            send=lambda: answer.setdefault("order", self.woo.update_order(woo_order_id, update)),
+            outcome=lambda _: {"woo_order_id": record.woo_order_id},
+            supersede=True, repeatable=True,
+        ))
+        if sent.status == DONE:
+            if check is not None and isinstance(answer.get("order"), dict):
+                check(answer["order"])
             return True
-        try:
-            answer = self.woo.update_order(int(record.woo_order_id), update)
-        except ApiError as error:
-            retryable = error.status >= 500 or error.status == 429
-            self.ledger.fail_action(key, str(error), retryable=retryable)
-            result.add("update_failed")
-            return False
-        except ClientError as error:
-            self.ledger.fail_action(key, str(error), retryable=True)
-            result.add("update_failed")
-            return False
-        self.ledger.complete_action(key, {"woo_order_id": record.woo_order_id})
-        if check is not None and isinstance(answer, dict):
-            check(answer)
-        return True
+        result.add("update_failed")
+        if sent.status == FINAL:
+            self.ledger.raise_exception(
+                EXC_COMPLETE if kind == KIND_COMPLETE else EXC_RELEASE, record.mirakl_order_id,
+                {"order_id": record.mirakl_order_id, "woo_order_id": record.woo_order_id, "error": sent.error},
+                self.mp,
+            )
+        return False
 
     # ---- 5. deadlines -------------------------------------------------------------------------
     def guard_deadlines(self) -> dict[str, int]:
@@ -626,6 +757,15 @@ class OrderIngest:
         }
 
 
+def _text(value: Any) -> str | None:
+    """A string field as the ledger stores it: a number where text is due is not stored as text."""
+    return value if isinstance(value, str) else None
+
+
+def _finite(value: Decimal | None) -> Decimal | None:
+    return value if value is not None and value.is_finite() else None
+
+
 def _order(record: OrderRecord) -> Order:
     return Order.from_api((record.detail or {}).get("payload") or {})
 
@@ -641,6 +781,33 @@ def _create_digest_source(body: dict) -> dict:
         "lines": [(item["sku"], item["quantity"], item["total"]) for item in body["line_items"]],
         "currency": body["currency"],
     }
+
+
+def _all_or_nothing(
+    decisions: list[LineDecision], policy: str, promised: Counter[str], pool: Callable[[str], str]
+) -> list[LineDecision]:
+    """Where partial acceptance is off: refuse every line, or accept every line when only stock is short.
+
+    ``promised`` (units accepted for the batch so far, per stock ``pool``) is corrected for the
+    lines that change.
+    """
+    accepted = [d for d in decisions if d.accepted]
+    if policy == "allowed" or not accepted or len(accepted) == len(decisions):
+        return decisions
+    only_short = all(d.reason and d.reason.startswith(SHORT_STOCK) for d in decisions if not d.accepted)
+    if policy == "accept_all" and only_short:
+        for d in decisions:
+            if not d.accepted:
+                promised[pool(d.sku)] += d.quantity
+        return [LineDecision(d.line_id, d.sku, d.quantity, True, None if d.accepted else
+                             f"accepted although {d.reason} (partial acceptance off, policy accept_all)")
+                for d in decisions]
+    for d in accepted:
+        promised[pool(d.sku)] -= d.quantity
+    first = next(d for d in decisions if not d.accepted)
+    return [d if not d.accepted else LineDecision(
+        d.line_id, d.sku, d.quantity, False, f"whole order refused (partial acceptance off): {first.reason}")
+        for d in decisions]
 
 
 def _why_waiting(record: OrderRecord) -> str:

@@ -301,13 +301,16 @@ def sku_rows(snapshot: Snapshot, marketplace: Marketplace) -> list[dict[str, Any
 
 
 def action_rows(snapshot: Snapshot) -> list[dict[str, Any]]:
-    return [
-        {
+    """Unfinished actions, aged from their first attempt; ``uncertain_minutes`` only for unknown outcomes."""
+    rows = []
+    for a in snapshot.stuck:
+        age = round((snapshot.taken_at - a.started_at).total_seconds() / 60, 1)
+        rows.append({
             "idempotency_key": a.idempotency_key, "action_kind": a.kind, "target": a.target, "state": a.state,
-            "attempts": a.attempts, "age_minutes": round((snapshot.taken_at - a.started_at).total_seconds() / 60, 1),
-        }
-        for a in snapshot.stuck
-    ]
+            "attempts": a.attempts, "age_minutes": age, "uncertain_minutes": age if a.state == "uncertain" else None,
+            "last_attempt_at": _iso(getattr(a, "last_attempt_at", None)),
+        })
+    return rows
 
 
 def build_frames(snapshot: Snapshot, marketplace: Marketplace, status_map: StatusMap) -> dict[str, list[dict[str, Any]]]:

@@ -243,7 +243,8 @@ def test_action_intent_outcome_and_dedupe(ledger, clock):
     # A crash before the outcome: the next attempt must check the remote side first.
     clock.advance(minutes=1)
     again = ledger.begin_action("mirakl.OR21:A-1", "mirakl.OR21", "A-1", dict(reversed(request.items())), MP)
-    assert (again.created, again.state, again.attempts, again.started_at) == (False, "uncertain", 2, clock.now)
+    assert (again.created, again.state, again.attempts) == (False, "uncertain", 2)
+    assert (again.started_at, again.last_attempt_at) == (first.started_at, clock.now)  # first kept, last added
 
     done = ledger.complete_action("mirakl.OR21:A-1", {"status": 204})
     assert (done.state, done.outcome, done.finished_at) == ("done", {"status": 204}, clock.now)
@@ -285,6 +286,57 @@ def test_stuck_actions_are_found_for_data_quality(ledger, clock):
     ledger.begin_action("k-new", "woo.order.create", "O-3", {}, "other")
     assert [a.idempotency_key for a in ledger.stuck_actions(dt.timedelta(minutes=10))] == ["k-old"]
     assert ledger.stuck_actions(dt.timedelta(minutes=10), marketplace="other") == []
+
+
+def test_an_action_retried_every_cycle_still_looks_as_old_as_it_is(ledger, clock):
+    """Issue #15: begin_action used to overwrite started_at, so a stuck action never looked stuck."""
+    first = ledger.begin_action("mirakl.OR24:S-1", "mirakl.OR24", "S-1", {"n": 1}, MP)
+    for _ in range(12):  # an hour of five-minute cycles, each failing with a 503
+        ledger.fail_action("mirakl.OR24:S-1", "HTTP 503", retryable=True)
+        clock.advance(minutes=5)
+        retried = ledger.begin_action("mirakl.OR24:S-1", "mirakl.OR24", "S-1", {"n": 1}, MP)
+    ledger.fail_action("mirakl.OR24:S-1", "HTTP 503", retryable=True)
+    assert (retried.started_at, retried.last_attempt_at, retried.attempts) == (first.started_at, clock.now, 13)
+    assert [a.idempotency_key for a in ledger.stuck_actions(dt.timedelta(minutes=30))] == ["mirakl.OR24:S-1"]
+    assert ledger.stuck_actions(dt.timedelta(minutes=30), states=["uncertain"]) == []
+
+
+def test_an_absolute_update_supersedes_an_unfinished_one_with_other_content(ledger, clock):
+    """Issue #15 item 3: the address changed after a failed completion; the new content wins."""
+    key, kind = "woo.orders.complete:C-1", "woo.orders.complete"
+    ledger.begin_action(key, kind, "7", {"city": "Lyon"}, MP)
+    ledger.fail_action(key, "HTTP 503", retryable=True)
+    clock.advance(minutes=1)
+    with pytest.raises(ActionConflictError):
+        ledger.begin_action(key, kind, "7", {"city": "Paris"}, MP)
+    newer = ledger.begin_action(key, kind, "7", {"city": "Paris"}, MP, supersede=True)
+    assert (newer.state, newer.generation, newer.attempts, newer.started_at) == ("intent", 2, 1, clock.now)
+    assert newer.request_digest == request_digest({"city": "Paris"})
+    ledger.complete_action(key, {"ok": True})
+    same = ledger.begin_action(key, kind, "7", {"city": "Paris"}, MP, supersede=True)
+    assert (same.state, same.generation) == ("done", 2)  # the same content again is still done
+    corrected = ledger.begin_action(key, kind, "7", {"city": "Nice"}, MP, supersede=True)
+    assert (corrected.state, corrected.generation, corrected.outcome) == ("intent", 3, None)
+
+
+def test_a_version_1_ledger_is_upgraded_in_place(ledger_url):
+    """Schema 2 adds the actions' last attempt time and generation; existing rows keep their times."""
+    from sqlalchemy import create_engine, text
+
+    first = Ledger.from_url(ledger_url)
+    first.begin_action("k-v1", "woo.order.create", "O-1", {}, MP)
+    dispose_engines()
+    engine = create_engine(ledger_url)
+    with engine.begin() as conn:  # back to version 1: without the two columns
+        conn.execute(text("UPDATE schema_version SET version = 1"))
+        conn.execute(text("ALTER TABLE actions DROP COLUMN generation"))
+        conn.execute(text("ALTER TABLE actions DROP COLUMN last_attempt_at"))
+    engine.dispose()
+    upgraded = Ledger.from_url(ledger_url)
+    action = upgraded.get_action("k-v1")
+    assert action.generation == 1 and action.last_attempt_at == action.started_at
+    with upgraded.session(write=False) as s, s.begin():
+        assert sorted(s.scalars(select(SchemaVersion.version)).all()) == [1, 2]
 
 
 def test_concurrent_begins_of_one_action_record_one_intent(ledger, ledger_url):

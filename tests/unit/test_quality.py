@@ -48,10 +48,10 @@ def offer_state(sku: str, accepted: int | None, pending: str | None = None) -> O
                             updated_at=NOW)
 
 
-def action(key: str, minutes: int) -> ActionRecord:
+def action(key: str, minutes: int, state: str = "intent", attempts: int = 1) -> ActionRecord:
     return ActionRecord(idempotency_key=key, marketplace="sandbox", kind="woo.orders.create", target="O-1",
-                        request_digest="d", state="intent", outcome=None, error=None, retryable=None, attempts=1,
-                        started_at=NOW - timedelta(minutes=minutes), finished_at=None)
+                        request_digest="d", state=state, outcome=None, error=None, retryable=None, attempts=attempts,
+                        started_at=NOW - timedelta(minutes=minutes), finished_at=None, last_attempt_at=NOW)
 
 
 def woo_order(woo_id: int, mirakl_id: str, status: str) -> dict:
@@ -91,7 +91,8 @@ def drifting_snapshot() -> Snapshot:
                       "SKU-PENDING": offer_state("SKU-PENDING", 1, pending="imp-9"),
                       "SKU-PUSHED-GONE-MIRAKL": offer_state("SKU-PUSHED-GONE-MIRAKL", 3)},
         demand={},
-        stuck=[action("create:STUCK", 40), action("create:YOUNG", 3)],
+        stuck=[action("create:STUCK", 40), action("create:YOUNG", 3),
+               action("or28:UNKNOWN", 45, "uncertain", attempts=9), action("or28:RECENT", 20, "uncertain")],
     )
 
 
@@ -136,6 +137,7 @@ def test_the_suites_report_every_drift_and_nothing_healthy(status_map):
 
     assert sorted((f.kind, f.key, f.severity) for f in findings) == [
         ("acceptance_deadline_near", "NEAR-DEADLINE", "critical"),
+        ("action_uncertain_too_long", "or28:UNKNOWN", "critical"),
         ("duplicate_woo_order", "DUPED", "critical"),
         ("pushed_sku_missing", "SKU-PUSHED-GONE-MIRAKL", "error"),
         ("shipping_deadline_passed", "LATE-SHIP", "error"),
@@ -143,6 +145,8 @@ def test_the_suites_report_every_drift_and_nothing_healthy(status_map):
         ("stock_drift", "vs_pushed:SKU-DRIFT", "warning"),
         ("stock_drift", "vs_woocommerce:SKU-DRIFT", "warning"),
         ("stuck_action", "create:STUCK", "error"),
+        ("stuck_action", "or28:RECENT", "error"),
+        ("stuck_action", "or28:UNKNOWN", "error"),
         ("unmatched_sku", "missing_in_mirakl:SKU-ONLY-WOO", "warning"),
         ("unmatched_sku", "missing_in_woocommerce:SKU-ONLY-MIRAKL", "warning"),
         ("woo_order_missing", "NO-WOO", "critical"),

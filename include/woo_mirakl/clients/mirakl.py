@@ -13,6 +13,7 @@ Listings are iterators that stream pages as the spec defines them: offset pagina
 from __future__ import annotations
 
 import csv
+import email.utils
 import io
 import json
 from dataclasses import dataclass
@@ -187,6 +188,7 @@ class MiraklClient(HttpClient):
         self.budget = budget
         self.limits = limits or default_limits()
         self.page_size = page_size
+        self.server_time: datetime | None = None  # Mirakl's clock (its Date header) at the last answer
 
     def error_code_and_message(self, status: int, body: Any) -> tuple[str | None, str]:
         if isinstance(body, dict):
@@ -235,7 +237,7 @@ class MiraklClient(HttpClient):
         charge_budget: bool = True,
     ) -> Any:
         def send(headers: Mapping[str, str] | None) -> Any:
-            return self.request(
+            reply = self.request(
                 method,
                 path,
                 operation,
@@ -246,7 +248,9 @@ class MiraklClient(HttpClient):
                 expect=expect,
                 idempotent=idempotent,
                 before_attempt=self._budget_hook(operation, variant, charge_budget),
-            ).body
+            )
+            self.server_time = _date_header(reply.headers) or self.server_time
+            return reply.body
 
         if self.token_provider is None:
             return send(None)
@@ -283,8 +287,9 @@ class MiraklClient(HttpClient):
         items_key: str,
         id_of: Callable[[dict], str],
         sort_key: Callable[[dict], Any] | None = None,
+        start: int = 0,
     ) -> Iterator[dict]:
-        """Offset pagination that neither misses nor repeats items when the data moves.
+        """Offset pagination (from ``start``) that neither misses nor repeats items when the data moves.
 
         Each page after the first re-reads the last item of the previous one (the
         anchor). If the anchor is not on the new page, items moved towards the start
@@ -295,7 +300,7 @@ class MiraklClient(HttpClient):
         """
         pages_free = self.limits.pages_free(operation)
         seen: set[str] = set()
-        offset, step_back, anchor, first = 0, 1, None, True
+        offset, step_back, anchor, first = max(0, start), 1, None, True
         while True:
             body = self._call(
                 "GET", path, operation,
@@ -365,8 +370,12 @@ class MiraklClient(HttpClient):
         end_date: datetime | None = None,
         order_ids: Iterable[str] | None = None,
         customer_debited: bool | None = None,
+        offset: int = 0,
     ) -> Iterator[Order]:
-        """OR11, oldest first (creation date, then id): every matching order exactly once."""
+        """OR11, oldest first (creation date, then id): every matching order exactly once.
+
+        ``offset`` skips that many orders of the listing (to resume inside one creation second).
+        """
         ids = [str(i) for i in order_ids or []]
         if len(ids) > ORDER_IDS_PER_CALL:
             raise ValueError(f"OR11 accepts at most {ORDER_IDS_PER_CALL} order ids; use get_orders() to chunk")
@@ -386,6 +395,7 @@ class MiraklClient(HttpClient):
             id_of=lambda o: str(o.get("order_id")),
             sort_key=lambda o: (parse_datetime(o.get("created_date")) or datetime.min.replace(tzinfo=timezone.utc),
                                 str(o.get("order_id"))),
+            start=offset,
         ):
             yield Order.from_api(raw)
 
@@ -720,6 +730,14 @@ class MiraklClient(HttpClient):
         for raw in self._iter_seek("M11", "/api/inbox/threads", params,
                                    id_of=lambda d: str(d.get("id")), limit=limit):
             yield MessageThread.from_api(raw)
+
+
+def _date_header(headers: Mapping[str, str]) -> datetime | None:
+    try:
+        value = email.utils.parsedate_to_datetime(headers.get("Date") or "")
+    except (TypeError, ValueError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _list_or_none(values: Iterable[str] | None) -> list[str] | None:

@@ -20,9 +20,20 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from include.woo_mirakl.ledger.models import Base, SchemaVersion
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _actions_attempt_times(conn: Connection) -> None:
+    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    conn.exec_driver_sql(f"ALTER TABLE actions ADD COLUMN last_attempt_at {timestamp}")
+    conn.exec_driver_sql("ALTER TABLE actions ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+    conn.exec_driver_sql("UPDATE actions SET last_attempt_at = started_at")
+
+
 # Upgrades from version N-1 to N, keyed by N; a fresh database gets the current models directly.
-_UPGRADES: dict[int, tuple[str, Callable[[Connection], None]]] = {}
+_UPGRADES: dict[int, tuple[str, Callable[[Connection], None]]] = {
+    2: ("actions: last attempt time and generation", _actions_attempt_times),
+}
 
 WRITE_OPTION = "woo_mirakl_ledger_write"
 SQLITE_BUSY_TIMEOUT_MS = 60_000

@@ -141,9 +141,12 @@ class Action(Base):
     error: Mapped[str | None] = mapped_column(Text)
     retryable: Mapped[bool | None] = mapped_column(Boolean)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
-    started_at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime]  # the first attempt: how long the action has been going on
     finished_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[dt.datetime | None]
+    # An absolute update whose content changed before it finished starts a new generation.
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class OfferState(Base):

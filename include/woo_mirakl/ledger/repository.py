@@ -122,8 +122,10 @@ class ActionRecord:
     error: str | None
     retryable: bool | None
     attempts: int
-    started_at: dt.datetime
+    started_at: dt.datetime  # the first attempt
     finished_at: dt.datetime | None
+    last_attempt_at: dt.datetime | None = None
+    generation: int = 1
     created: bool = False  # True when this call recorded the intent
 
 
@@ -197,8 +199,10 @@ def _jsonable(value: Any) -> Any:
 def _record(cls: type, row: Any, **extra: Any) -> Any:
     """A dataclass from an ORM object or a Core row, built while its session is still open."""
     source = row._mapping if isinstance(row, Row) else None
-    # Fields with a default (lines, created, newly_opened) are not columns: they come from `extra`.
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in extra and f.default is dataclasses.MISSING]
+    # Fields with a default are columns when the row has them (last_attempt_at, generation), or
+    # not columns at all (lines, created, newly_opened): those come from `extra`.
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in extra and (
+        f.default is dataclasses.MISSING or (f.name in source if source is not None else hasattr(row, f.name)))]
     return cls(**{n: source[n] if source is not None else getattr(row, n) for n in names}, **extra)
 
 
@@ -376,11 +380,16 @@ class Ledger:
     # ---- actions ------------------------------------------------------------------------------
 
     def begin_action(
-        self, key: str, kind: str, target: str | None, request: Mapping[str, Any], marketplace: str
+        self, key: str, kind: str, target: str | None, request: Mapping[str, Any], marketplace: str,
+        *, supersede: bool = False,
     ) -> ActionRecord:
         """Record the intent of a mutating call before making it (see ActionRecord for the states).
 
-        Raises ActionConflictError if `key` was used before with a different kind or request.
+        ``started_at`` keeps the first attempt's time (so an action retried every cycle still looks
+        as old as it is); ``last_attempt_at`` is the latest. Raises ActionConflictError if `key` was
+        used before with a different kind or request, unless ``supersede``: an absolute update whose
+        content changed (an address corrected, a tracking number fixed) starts a new generation of
+        the action in state ``intent``; whatever an earlier generation did, the new content wins.
         """
         digest = request_digest(request)
         now = self._now()
@@ -389,28 +398,38 @@ class Ledger:
                 self._insert(Action.__table__)
                 .values(
                     idempotency_key=key, marketplace=marketplace, kind=kind, target=target, request_digest=digest,
-                    state="intent", attempts=1, started_at=now, created_at=now,
+                    state="intent", attempts=1, started_at=now, last_attempt_at=now, created_at=now, generation=1,
                 )
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )
             action = s.execute(select(Action).where(Action.idempotency_key == key).with_for_update()).scalar_one()
             if inserted.rowcount == 1:
                 return _record(ActionRecord, action, created=True)
-            if action.request_digest != digest or action.kind != kind:
+            if action.kind != kind or (action.request_digest != digest and not supersede):
                 raise ActionConflictError(
                     f"action {key!r} ({action.kind}, state {action.state}) was begun with a different request "
                     f"(digest {action.request_digest[:12]}… vs {digest[:12]}…, kind {kind}); "
                     "a request is never sent twice with different content"
                 )
-            if action.state == "intent" or action.state == "uncertain":
+            if action.request_digest != digest:
+                action.request_digest = digest
+                action.generation += 1
+                action.state = "intent"
+                action.attempts = 1
+                action.started_at = now
+                action.last_attempt_at = now
+                action.finished_at = None
+                action.outcome = None
+                action.retryable = None
+            elif action.state == "intent" or action.state == "uncertain":
                 # A previous attempt stopped between intent and outcome: the request may have landed.
                 action.state = "uncertain"
                 action.attempts += 1
-                action.started_at = now
+                action.last_attempt_at = now
             elif action.state == "failed" and action.retryable:
                 action.state = "intent"
                 action.attempts += 1
-                action.started_at = now
+                action.last_attempt_at = now
                 action.finished_at = None
             s.flush()
             return _record(ActionRecord, action)
@@ -452,10 +471,18 @@ class Ledger:
             query = select(Action).where(Action.kind == kind, Action.target == target).order_by(Action.id)
             return [_record(ActionRecord, a) for a in s.execute(query).scalars()]
 
-    def stuck_actions(self, older_than: dt.timedelta, marketplace: str | None = None) -> list[ActionRecord]:
-        """Actions still in intent or uncertain that started more than `older_than` ago."""
+    def stuck_actions(
+        self, older_than: dt.timedelta, marketplace: str | None = None, states: Sequence[str] | None = None
+    ) -> list[ActionRecord]:
+        """Unfinished actions whose *first* attempt was more than `older_than` ago.
+
+        Unfinished: in intent, uncertain, or failed and due to be retried (an action that fails
+        again every cycle is as stuck as one that never answers); `states` narrows it.
+        """
+        unfinished = Action.state.in_(["intent", "uncertain"]) | ((Action.state == "failed") & Action.retryable.is_(True))
         query = select(Action).where(
-            Action.state.in_(["intent", "uncertain"]), Action.started_at < self._now() - older_than
+            Action.state.in_(list(states)) if states is not None else unfinished,
+            Action.started_at < self._now() - older_than,
         )
         if marketplace is not None:
             query = query.where(Action.marketplace == marketplace)

@@ -1,0 +1,135 @@
+"""The one write path of every flow: record the intent, make the call, classify the outcome.
+
+Every mutating call to Mirakl or WooCommerce goes through :class:`Writer`, so the rules are
+the same everywhere:
+
+``done``       the call succeeded, or an earlier attempt's effect was found: outcome recorded.
+``uncertain``  it may have landed (dropped connection, timeout, an error answer to a write that
+               is not safe to repeat): never sent again before its effect is looked for.
+``retry``      it failed for sure and is sent again by a later cycle (5xx or 429 on a repeatable
+               write, transport error before sending, call budget used up).
+``final``      refused for good (4xx): the caller records an exception against its record.
+
+An absolute update (``supersede``) whose content changed since an unfinished attempt starts a new
+generation of its action instead of being blocked by the old one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.woo_mirakl.budgets import BudgetExceeded
+from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.ledger.repository import ActionRecord, Ledger
+
+DONE, UNCERTAIN, RETRY, FINAL = "done", "uncertain", "retry", "final"
+
+
+def _no_outcome(_: Any) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Write:
+    """One mutating call: its idempotency key, what it *is* (``request``, digested) and how to send it.
+
+    ``repeatable``: sending it twice leaves the same state (an absolute update), so an uncertain
+    attempt is simply sent again. ``landed_if_rejected``: when an earlier attempt is uncertain, a 4xx
+    answer most likely means it landed (e.g. OR21 on an order no longer waiting): stay uncertain and
+    let the remote state tell, rather than fail for good.
+    """
+
+    key: str
+    kind: str
+    target: str | None
+    request: Mapping[str, Any]
+    send: Callable[[], Any]
+    outcome: Callable[[Any], Mapping[str, Any] | None] = _no_outcome
+    supersede: bool = False
+    repeatable: bool = False
+    landed_if_rejected: bool = False
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """How a write ended: ``status`` (see the module docstring), its outcome or error."""
+
+    status: str
+    action: ActionRecord
+    outcome: Mapping[str, Any] | None = None
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    sent: bool = False  # a request went out in this call (as opposed to already done / left alone)
+    recovered: bool = False  # an earlier attempt's effect was found
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DONE
+
+
+class Writer:
+    """Record intent → call → classify, for one marketplace's ledger."""
+
+    def __init__(self, ledger: Ledger, marketplace: str):
+        self.ledger = ledger
+        self.marketplace = marketplace
+
+    def begin(self, write: Write) -> ActionRecord:
+        """Record the intent (or find the earlier attempt): see :class:`ActionRecord` for its states."""
+        return self.ledger.begin_action(
+            write.key, write.kind, write.target, write.request, self.marketplace, supersede=write.supersede
+        )
+
+    def write(self, write: Write, settle: Callable[[ActionRecord], Mapping[str, Any] | None] | None = None) -> WriteResult:
+        """Begin, and send unless already done, failed for good, or uncertain with no way to settle.
+
+        ``settle`` looks for the effect of an uncertain earlier attempt: its outcome when found,
+        None when it did not land (then the write is sent again).
+        """
+        action = self.begin(write)
+        if action.state == "done":
+            return WriteResult(DONE, action, action.outcome)
+        if action.state == "failed":
+            return WriteResult(FINAL, action, error=action.error)
+        if action.state == "uncertain" and not write.repeatable:
+            found = settle(action) if settle is not None else None
+            if found is not None:
+                return self.settled(write, action, found)
+            if settle is None and not write.landed_if_rejected:
+                return WriteResult(UNCERTAIN, action, error=action.error)
+        return self.send(write, action)
+
+    def settled(self, write: Write, action: ActionRecord, outcome: Mapping[str, Any]) -> WriteResult:
+        """An uncertain attempt's effect was found: record it as done."""
+        done = self.ledger.complete_action(write.key, outcome)
+        return WriteResult(DONE, done, done.outcome, recovered=True)
+
+    def send(self, write: Write, action: ActionRecord) -> WriteResult:
+        """Make the call of a begun action and record what it tells."""
+        key = write.key
+        try:
+            value = write.send()
+        except BudgetExceeded as error:
+            failed = self.ledger.fail_action(key, f"call budget used up: {error}", retryable=True)
+            return WriteResult(RETRY, failed, error=str(error), exception=error)
+        except UncertainWriteError as error:
+            marked = self.ledger.mark_action_uncertain(key, str(error))
+            return WriteResult(UNCERTAIN, marked, error=str(error), exception=error, sent=True)
+        except ApiError as error:
+            if error.status >= 500 or error.status == 429:
+                failed = self.ledger.fail_action(key, str(error), retryable=True)
+                return WriteResult(RETRY, failed, error=str(error), exception=error, sent=True)
+            if write.landed_if_rejected and action.state == "uncertain":
+                marked = self.ledger.mark_action_uncertain(key, str(error))
+                return WriteResult(UNCERTAIN, marked, error=str(error), exception=error, sent=True)
+            failed = self.ledger.fail_action(key, str(error), retryable=False)
+            return WriteResult(FINAL, failed, error=str(error), exception=error, sent=True)
+        except ClientError as error:  # never reached the API, or a repeatable write: safe to send again
+            failed = self.ledger.fail_action(key, str(error), retryable=True)
+            return WriteResult(RETRY, failed, error=str(error), exception=error, sent=True)
+        done = self.ledger.complete_action(key, write.outcome(value))
+        return WriteResult(DONE, done, done.outcome, sent=True)
+
+
+__all__ = ["DONE", "FINAL", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer"]
