@@ -68,15 +68,14 @@ def _skip_unless(*actions: str) -> None:
 
 
 def _request():
-    from airflow.sdk.exceptions import AirflowFailException
-
     from include.woo_mirakl.account import RequestRefused, check_request
+    from include.woo_mirakl.alerts import RefusedRequest
 
     p = _params()
     try:
         return check_request(p["action"], p["offers_policy"], p.get("confirmation"), p["dry_run"])
     except RequestRefused as refused:
-        raise AirflowFailException(str(refused)) from None
+        raise RefusedRequest(str(refused)) from None
 
 
 def build(marketplace: Marketplace) -> None:

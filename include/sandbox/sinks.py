@@ -65,13 +65,24 @@ class SlackSink:
         class _Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ok = self.path == sink.token_path
-                if ok:
-                    sink.payloads.append(json.loads(body))
-                self.send_response(200 if ok else 404)
+                status, answer = 404, b"no_service"
+                if self.path == sink.token_path:
+                    try:
+                        payload = json.loads(body)
+                    except ValueError:
+                        payload = None
+                    # As Slack: nothing is posted without a text (or blocks/attachments).
+                    if not isinstance(payload, dict):
+                        status, answer = 400, b"invalid_payload"
+                    elif not any(payload.get(k) for k in ("text", "blocks", "attachments")):
+                        status, answer = 400, b"no_text"
+                    else:
+                        status, answer = 200, b"ok"
+                        sink.payloads.append(payload)
+                self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
-                self.wfile.write(b"ok" if ok else b"no_service")
+                self.wfile.write(answer)
 
             def log_message(self, *args):
                 pass

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,11 @@ SMTP_CONN_ID = "smtp_alerts"
 SLACK_CONN_ID = "slack_alerts"
 EMAIL_VARIABLE = "woo_mirakl_alert_email"
 TASK_FAILURE = "task_failure"
+
+
+class RefusedRequest(AirflowFailException):
+    """The user's own mistake in a trigger form (e.g. a mistyped confirmation): the run fails with
+    the message for the user, without retries, and nothing reaches on-call."""
 
 
 def _connection_exists(conn_id: str) -> bool:
@@ -144,6 +150,9 @@ class FailureAlert(BaseNotifier):
         self.marketplace = marketplace
 
     def notify(self, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), RefusedRequest):
+            log.info("refused request, not an incident: no exception recorded, nobody alerted")
+            return
         subject, body = failure_message(context, self.marketplace)
         ti = context.get("ti")
         key = f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}"

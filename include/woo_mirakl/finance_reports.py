@@ -300,7 +300,8 @@ def finance_recipient() -> str | None:
 
 
 def send_finance_email(marketplace: str, day: date, paths: ReportPaths, context: dict[str, Any] | None = None) -> bool:
-    """E-mail finance the day's summary with the workbook attached; False when no recipient or connection."""
+    """E-mail finance the day's summary with the workbook attached; False when no recipient or connection,
+    or when sending failed (a warning in the log: the reports are on disk either way)."""
     import logging
 
     from airflow.sdk import BaseHook
@@ -320,9 +321,16 @@ def send_finance_email(marketplace: str, day: date, paths: ReportPaths, context:
     import pandas as pd
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    SmtpNotifier(
-        to=recipient, smtp_conn_id=SMTP_CONN_ID, files=[str(paths.workbook)],
-        subject=f"[woo-mirakl] Mirakl reconciliation {marketplace} {day.isoformat()}",
-        html_content=email_body(pd.read_csv(paths.summary_csv, dtype=str), marketplace, day, paths),
-    ).notify(context or {})
+    from include.woo_mirakl.alerts import redact
+
+    try:
+        SmtpNotifier(
+            to=recipient, smtp_conn_id=SMTP_CONN_ID, files=[str(paths.workbook)],
+            subject=f"[woo-mirakl] Mirakl reconciliation {marketplace} {day.isoformat()}",
+            html_content=email_body(pd.read_csv(paths.summary_csv, dtype=str), marketplace, day, paths),
+        ).notify(context or {})
+    except Exception as exc:  # as alerts: a mail server down must not fail (and retry) a finished reconciliation
+        log.warning("finance e-mail for %s %s not sent (%s: %s); the reports are in %s", marketplace,
+                    day.isoformat(), type(exc).__name__, redact(str(exc)), paths.directory)
+        return False
     return True

@@ -180,8 +180,11 @@ def test_missing_shipment_tracking_is_a_warning(sandbox, ledger):
 # ---- disconnect ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("confirmation", [None, "disconnect"])
-def test_disconnect_without_the_exact_confirmation_is_refused_before_any_call(sandbox, ledger, confirmation):
+def test_disconnect_without_the_exact_confirmation_is_refused_before_any_call(sandbox, ledger, confirmation,
+                                                                             alert_env, mail_sink, slack_sink):
     before = sandbox.log.count("mirakl")
+    mail_sink.messages.clear()
+    slack_sink.payloads.clear()
     conf = {"action": "disconnect", "offers_policy": "remove", "dry_run": False}
     if confirmation is not None:
         conf["confirmation"] = confirmation
@@ -190,6 +193,9 @@ def test_disconnect_without_the_exact_confirmation_is_refused_before_any_call(sa
     assert task_states(run)["plan_disconnect"] == "failed"
     assert sandbox.log.count("mirakl") == before
     assert ledger.get_cursor("mirakl_account", MARKETPLACE, "connection") is None
+    # The user's typo: the run says why, and nothing reaches on-call.
+    assert [e for e in ledger.open_exceptions(MARKETPLACE) if e.kind == "task_failure"] == []
+    assert mail_sink.messages == [] and slack_sink.payloads == []
 
 
 def test_dry_run_reports_and_changes_nothing(sandbox, ledger):

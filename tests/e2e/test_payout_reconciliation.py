@@ -262,6 +262,33 @@ def test_a_backfill_of_three_past_days_reproduces_the_nightly_reports(period, sa
     assert commission_meta(sandbox, period["woo_ids"]["ref"]) == period["meta_after_d2"]
 
 
+def test_without_a_mail_server_the_run_is_green_the_report_written_and_finance_warned_in_the_log(
+        period, reports, monkeypatch, caplog):
+    import json
+    import shutil
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: the mail server is down
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": dead,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@localhost", "retry_limit": 0,
+                  "timeout": 5}}))
+    directory = reports / "reconciliation" / MP / D4.isoformat()
+    shutil.rmtree(directory)
+
+    with caplog.at_level("WARNING"):
+        run = run_for(D4)
+
+    assert run.state == "success"
+    email = next(ti for ti in run.get_task_instances() if ti.task_id == "email_finance")
+    assert (email.state, email.try_number) == ("success", 1)  # no retry with growing delays
+    assert (directory / "index.html").exists() and (directory / "reconciliation.xlsx").exists()
+    assert any("finance e-mail" in r.getMessage() and "not sent" in r.getMessage() and D4.isoformat() in r.getMessage()
+               for r in caplog.records)
+
+
 def test_the_report_is_an_asset_event(period):
     from sqlalchemy import select
 
