@@ -395,12 +395,13 @@ def _check_skus(client: WooCommerceClient, title: str) -> Check:
 def _check_tracking(status: Mapping[str, Any], title: str) -> Check:
     plugins = status.get("active_plugins") or []
     installed = any("shipment-tracking" in str(p.get("plugin", "")) or "Shipment Tracking" in str(p.get("name", ""))
-                    for p in plugins if isinstance(p, Mapping))
+                    for p in plugins if isinstance(p, Mapping))  # the official extension or Advanced Shipment Tracking
     if installed:
         return Check("woo.tracking", title, OK, "installed: tracking numbers are read from it", {"installed": True})
     return Check("woo.tracking", title, WARNING,
-                 "not installed: tracking is read from WooCommerce fulfillments or order meta when present; "
-                 "shipments are still confirmed to Mirakl without it", {"installed": False})
+                 "no Shipment Tracking extension nor Advanced Shipment Tracking plugin: tracking is read from "
+                 "core fulfillments where the store has them (10.1+), else shipments are confirmed to Mirakl "
+                 "without tracking numbers", {"installed": False})
 
 
 def record_verification(ledger: Any, report: VerifyReport, run_id: str | None = None) -> None:

@@ -45,6 +45,7 @@ KIND_CANCEL = "mirakl.OR29"
 
 EXC_UNMAPPED_CARRIER = "carrier_unmapped"
 EXC_TRACKING_FAILED = "tracking_failed"
+EXC_NO_TRACKING_SOURCE = "no_tracking_source"
 EXC_SHIP_FAILED = "shipment_failed"
 EXC_OVERDUE = "shipment_overdue"
 EXC_CANCEL_REFUSED = "mirakl_cancel_refused"
@@ -175,6 +176,8 @@ class ShipmentConfirm:
                 continue
             work.append((record, order))
         self._fresh, self._tracking = {}, {}
+        if work:
+            self._note_tracking_sources()
         unsettled = self._settle_uncertain(work, counts)
 
         waiting: set[int] = set()
@@ -388,6 +391,24 @@ class ShipmentConfirm:
             return False
         shipment = pick_shipment(self._shipments(woo_order))
         return shipment is not None and mirakl_order.shipping_tracking == (shipment.tracking_number or "").strip()
+
+    def _note_tracking_sources(self) -> None:
+        """A store with no tracking plugin or feature is said once (one open exception), not per order."""
+        try:
+            sources = self.woo.tracking_sources()
+        except ClientError as error:
+            log.info("%s: tracking sources unknown this cycle (%s)", self.mp, error)
+            return
+        if sources:
+            self.ledger.resolve_exception(EXC_NO_TRACKING_SOURCE, "woocommerce", self.mp)
+            return
+        known = self.ledger.get_exception(EXC_NO_TRACKING_SOURCE, "woocommerce", self.mp)
+        if known is None or known.status == "resolved":
+            self.ledger.raise_exception(EXC_NO_TRACKING_SOURCE, "woocommerce", {
+                "problem": "WooCommerce has no Shipment Tracking extension, no Advanced Shipment Tracking plugin "
+                           "and no core fulfillments: shipments are confirmed to Mirakl (OR24) without tracking "
+                           "numbers (OR23). Install one of them to send tracking.",
+            }, self.mp, severity="warning")
 
     def _shipments(self, woo_order: dict) -> list[Shipment]:
         woo_id = int(woo_order["id"])

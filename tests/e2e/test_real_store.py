@@ -215,3 +215,35 @@ def test_no_woocommerce_email_reaches_the_marketplace_customer(shop, sandbox, le
                                                               "WAITING_DEBIT_PAYMENT", "REFUSED", "CANCELED"])}
     assert address in customers and not customers & set(recipients)
     assert not [m for m in sandbox.woo.store.emails if m["template"].startswith("customer_")]
+
+
+def shipped_order(sandbox, ledger, index: int) -> tuple[str, int]:
+    """A Mirakl order taken to SHIPPING (WooCommerce ``processing``): (Mirakl id, WooCommerce id)."""
+    order_id = place(sandbox, [("RW-MUG", 1)], index=index)
+    run(sandbox, ledger, ORDERS)
+    with sandbox.lock:
+        sandbox.mirakl.debit(order_id)
+    run(sandbox, ledger, ORDERS)
+    return order_id, ledger.get_order("sandbox", order_id).woo_order_id
+
+
+def test_a_store_without_tracking_is_said_once_and_advanced_shipment_tracking_is_read(shop, sandbox, ledger):
+    # the store of the recordings: no Shipment Tracking extension, no core fulfillments
+    untracked, woo_id = shipped_order(sandbox, ledger, 1)
+    sandbox.woo.ship_order(woo_id, tracking_provider="Colissimo", tracking_number="6A0001")  # kept nowhere
+    run(sandbox, ledger, SHIPMENTS)
+    assert mirakl_order(sandbox, untracked)["order_state"] == "SHIPPED"
+    said = ledger.get_exception("no_tracking_source", "woocommerce", "sandbox")
+    assert said is not None and said.status == "open" and said.severity == "warning"
+    assert said.count == 1  # said once, though two cycles shipped orders (see the e-mail test)
+    probes = [e for e in sandbox.log.entries("woo") if e["operation"] in ("woo.tracking.list", "woo.fulfillments.list")]
+    assert probes == []  # and no 404 per order and cycle
+
+    sandbox.woo.settings["ast_installed"] = True  # the shop installs Advanced Shipment Tracking
+    tracked, woo_id = shipped_order(sandbox, ledger, 2)
+    sandbox.woo.ship_order(woo_id, tracking_provider="Colissimo", tracking_number="6A0002")
+    run(sandbox, ledger, SHIPMENTS)
+    shown = mirakl_order(sandbox, tracked)
+    assert (shown["order_state"], shown["shipping_carrier_code"], shown["shipping_tracking"]) == (
+        "SHIPPED", "COLISSIMO", "6A0002")
+    assert ledger.get_exception("no_tracking_source", "woocommerce", "sandbox").status == "resolved"

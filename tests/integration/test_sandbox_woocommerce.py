@@ -377,6 +377,8 @@ def test_core_fulfillments_behind_setting(sandbox: Sandbox, http: requests.Sessi
     fulfillments_url = url(sandbox, f"{API}/orders/{order['id']}/fulfillments")
     assert http.get(fulfillments_url).status_code == 404
     woo.settings["fulfillments_enabled"] = True
+    assert http.get(fulfillments_url).status_code == 404  # a 10.1 feature: not on this 9.8 store
+    woo.version = "10.1.0"
     woo.ship_order(order["id"], tracking_provider="DHL", tracking_number="JD0001")
     fulfillments = http.get(fulfillments_url).json()
     assert fulfillments[0]["is_fulfilled"] is True

@@ -207,6 +207,7 @@ def test_shipments_from_core_fulfillments_come_first(sandbox: Sandbox) -> None:
     with sandbox.lock:
         sandbox.woo.add_simple_product("FUL-1", "20.00", 10)
     sandbox.woo.settings["fulfillments_enabled"] = True
+    sandbox.woo.version = "10.1.0"  # core fulfillments exist from 10.1
     try:
         client = WooCommerceClient(sandbox.woo_url, KEY, SECRET, retry=FAST)
         order = new_order(client, "FUL-1")
@@ -218,6 +219,29 @@ def test_shipments_from_core_fulfillments_come_first(sandbox: Sandbox) -> None:
         assert shipment.provider and shipment.date_shipped
     finally:
         sandbox.woo.settings["fulfillments_enabled"] = False
+        sandbox.woo.version = "9.8.0"
+
+
+def test_tracking_sources_follow_the_stores_plugins(sandbox: Sandbox) -> None:
+    with sandbox.lock:
+        sandbox.woo.add_simple_product("SRC-1", "20.00", 10)
+    bare = WooCommerceClient(sandbox.woo_url, KEY, SECRET, retry=FAST)
+    order = new_order(bare, "SRC-1")
+    assert bare.tracking_sources() == []
+    before = calls(sandbox, "woo.tracking.list") + calls(sandbox, "woo.fulfillments.list")
+    assert bare.shipments(order) == []  # nothing installed: no request, no 404 per order
+    assert calls(sandbox, "woo.tracking.list") + calls(sandbox, "woo.fulfillments.list") == before
+    sandbox.woo.settings["ast_installed"] = True  # Advanced Shipment Tracking: meta only, no REST route
+    try:
+        ast = WooCommerceClient(sandbox.woo_url, KEY, SECRET, retry=FAST)
+        assert ast.tracking_sources() == ["meta"]
+        with sandbox.lock:
+            sandbox.woo.ship_order(order["id"], custom_tracking_provider="Colis Privé", tracking_number="CP-9",
+                                   custom_tracking_link="https://colisprive.example/CP-9")
+        [shipment] = ast.shipments(ast.get_order(order["id"]))
+        assert (shipment.tracking_number, shipment.provider, shipment.source) == ("CP-9", "Colis Privé", "meta")
+    finally:
+        sandbox.woo.settings["ast_installed"] = False
 
 
 def test_read_retries_on_429_5xx_drop_slow_and_malformed(sandbox: Sandbox, client: WooCommerceClient) -> None:

@@ -135,6 +135,11 @@ class Shipment:
     source: str  # "fulfillments", "shipment-tracking" or "meta"
 
 
+# Plugins that keep tracking numbers (system_status active_plugins), by what they make readable.
+SHIPMENT_TRACKING_PLUGIN = "woocommerce-shipment-tracking/"  # the official extension: REST route + meta
+AST_PLUGIN = "woo-advanced-shipment-tracking/"  # Advanced Shipment Tracking: the same order meta
+FULFILLMENTS_FROM = (10, 1)  # core order fulfillments (a feature the store may enable)
+
 class WooCommerceClient(HttpClient):
     """The WooCommerce REST API of one store."""
 
@@ -374,16 +379,41 @@ class WooCommerceClient(HttpClient):
                          json_body=body, idempotent=False)
 
     # Shipments ------------------------------------------------------------------------
+    def tracking_sources(self) -> list[str]:
+        """Where this store keeps tracking numbers, from its version and active plugins (cached).
+
+        ``fulfillments`` (core, from 10.1, when enabled: probed once), ``shipment-tracking`` (the
+        official extension's REST route), ``meta`` (order meta ``_wc_shipment_tracking_items``,
+        written by that extension and by Advanced Shipment Tracking). Empty: none installed.
+        """
+        plugins = [str(p.get("plugin") or "") for p in self.system_status().get("active_plugins") or []
+                   if isinstance(p, Mapping)]
+        sources = []
+        if self.version() >= FULFILLMENTS_FROM and "fulfillments" not in self._missing_routes:
+            sources.append("fulfillments")
+        official = any(p.startswith(SHIPMENT_TRACKING_PLUGIN) for p in plugins)
+        if official:
+            sources.append("shipment-tracking")
+        if official or any(p.startswith(AST_PLUGIN) for p in plugins):
+            sources.append("meta")
+        return sources
+
     def shipments(self, order: Mapping[str, Any] | int) -> list[Shipment]:
-        """Tracking of an order: core fulfillments, else the Shipment Tracking extension, else its meta."""
+        """Tracking of an order from the sources the store has (:meth:`tracking_sources`), in that order.
+
+        A store without any makes no request here: the order's own meta is still read (free).
+        """
         order_data = order if isinstance(order, Mapping) else None
         order_id = int(order_data["id"] if order_data else order)
-        found = self._fulfillment_shipments(order_id)
-        if found:
-            return found
-        found = self._extension_shipments(order_id)
-        if found is not None:
-            return found
+        sources = self.tracking_sources()
+        if "fulfillments" in sources:
+            found = self._fulfillment_shipments(order_id)
+            if found:
+                return found
+        if "shipment-tracking" in sources:
+            found = self._extension_shipments(order_id)
+            if found is not None:
+                return found
         order_data = order_data or self.get_order(order_id)
         return tracking_from_meta(order_data)
 
