@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         Marketplace(name="bench", mirakl_conn_id="bench"),
         WooCommerceClient(info["woo_url"], info["ck"], info["cs"]),
         MiraklClient(info["mirakl_url"], info["api_key"], shop_id=info["shop_id"], budget=budget),
-        ledger, budget, settings=InventorySettings(send_wait=0.0, woo_page_pool=args.pool),
+        ledger, budget, settings=InventorySettings(woo_page_pool=args.pool),  # send_wait as in production
     )
     targets: list[Target] = []
 
