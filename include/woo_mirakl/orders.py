@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
+from include.woo_mirakl.order_log import decision_line
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
 from include.woo_mirakl.order_mapping import (
@@ -48,6 +50,7 @@ from include.woo_mirakl.order_mapping import (
     vanished_lines,
 )
 from include.woo_mirakl.order_money import expected_total, totals_problem
+from include.woo_mirakl.unseen_demand import record_listing
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,7 @@ class OrderIngest:
     def fetch_changes(self) -> dict[str, int]:
         """Read changed orders (OR11) into the ledger; a used-up call budget skips politely."""
         result = StepResult()
+        started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
@@ -170,6 +174,8 @@ class OrderIngest:
                     EXC_LISTING, "or11_resume", {"created_date": _iso(resume), "orders_read": len(orders)}, self.mp
                 )
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
         return result.as_dict()
 
     def _record(self, order: Order) -> str:
@@ -223,13 +229,23 @@ class OrderIngest:
     def decide_and_reserve(self) -> dict[str, int]:
         """Decide undecided waiting orders and create their ``on-hold`` WooCommerce orders."""
         result = StepResult()
+        overdue = human_review.apply_overdue_defaults(
+            self.ledger, self.marketplace, human_review.mirakl_now(self.ledger, self.mp, self.clock))
+        if overdue:
+            result.add("review_timed_out", len(overdue))
         waiting = [r for r in self.ledger.orders_in_states(self.mp, [WAITING]) if not (r.detail or {}).get("problems")]
-        undecided = sorted((r for r in waiting if r.decision is None), key=_created_key)
+        # a flagged order is a person's to decide (or Mirakl's, when they left it)
+        undecided = sorted((r for r in waiting if r.decision is None and human_review.review_state(r) is None),
+                           key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
+        decided_now: list[str] = []
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
-            stock = {sku: StockInfo.of(ref) for sku, ref in self.woo.products_by_sku(skus).items()}
+            refs = self.woo.products_by_sku(skus)
+            stock = {sku: StockInfo.of(ref) for sku, ref in refs.items()}
+            facts = {sku: human_review.WooFacts.from_ref(ref, stock[sku].quantity) for sku, ref in refs.items()}
+            in_airflow = self.marketplace.human_review.in_airflow
             promised: Counter[str] = Counter()  # per stock pool: siblings sharing a parent's stock count together
             for record in to_reserve:  # accepted earlier, not yet held by a WooCommerce order
                 for line in record.lines:
@@ -237,16 +253,26 @@ class OrderIngest:
                         promised[pool_of(line.offer_sku, stock)] += line.quantity or 0
             for record in undecided:
                 order = _order(record)
-                decisions = decide_lines(order, stock, self.marketplace.order_policy, promised)
+                reasons = human_review.review_reasons(order, facts, self.marketplace, promised,
+                                                      pool=lambda sku: pool_of(sku, stock)) if in_airflow else []
+                decisions = None if reasons else decide_lines(order, stock, self.marketplace.order_policy, promised)
+                if decisions is None and in_airflow:
+                    reasons = reasons or ["a line's SKU is unknown in WooCommerce and refuse_unknown_sku is off"]
+                    human_review.flag_for_review(self.ledger, self.mp, order, reasons, facts, self.clock())
+                    result.add("needs_review")
+                    continue
                 if decisions is None:
                     result.add("left_for_human")
                     continue
                 decided = self._save_decisions(order, decisions)
                 result.add(f"decided_{decided.decision}")
+                decided_now.append(decided.mirakl_order_id)
                 if decided.decision != "refused":
                     to_reserve.append(decided)
         if to_reserve:
             self._reserve(to_reserve, result)
+        for order_id in decided_now:
+            log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
         return result.as_dict()
 
     def _save_decisions(self, order: Order, decisions: list[LineDecision]) -> OrderRecord:
@@ -623,6 +649,11 @@ def _why_waiting(record: OrderRecord) -> str:
         return "invalid payload: " + "; ".join(detail["problems"])
     if detail.get("reservation_failed"):
         return "WooCommerce order could not be created: " + str(detail["reservation_failed"])
+    review = (detail.get("review") or {}).get("status")
+    if record.decision is None and review == human_review.PENDING:
+        return "waiting for a person's decision in Airflow (Required actions)"
+    if record.decision is None and review == human_review.LEFT:
+        return "left to Mirakl by a person's decision"
     if record.decision is None:
         return "not decided yet"
     return "decision not confirmed by Mirakl yet"

@@ -21,7 +21,8 @@ PER_PAGE = 100
 BATCH_LIMIT = 100  # create + update + delete per batch request (WooCommerce's default limit)
 SKU_CHUNK = 50
 # What a SKU look-up reads (about a tenth of a whole product, half the time on a real store).
-SKU_FIELDS = "id,sku,type,parent_id,status,manage_stock,stock_quantity,stock_status,price,date_modified_gmt"
+SKU_FIELDS = ("id,sku,type,parent_id,status,manage_stock,stock_quantity,stock_status,backorders_allowed,price,"
+              "date_modified_gmt")
 DEFAULT_OVERLAP = timedelta(minutes=5)
 TRACKING_META_KEY = "_wc_shipment_tracking_items"
 
@@ -75,6 +76,7 @@ class SkuRef:
     date_modified_gmt: str | None
     stock_status: str | None = None
     status: str | None = None
+    backorders_allowed: bool = False
 
     @property
     def is_variation(self) -> bool:
@@ -94,6 +96,7 @@ class SkuRef:
             date_modified_gmt=item.get("date_modified_gmt"),
             stock_status=item.get("stock_status"),
             status=item.get("status"),
+            backorders_allowed=bool(item.get("backorders_allowed")),
         )
 
 
