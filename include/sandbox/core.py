@@ -569,7 +569,7 @@ class Sandbox:
         entry["status"] = response.status
         entry["applied"] = response.status < 400 and request.method not in ("GET", "HEAD")
         if self.latency is not None:  # outside the lock: slow answers overlap as on a real server
-            self.latency.wait(service.name, operation, request, response)
+            entry["latency_s"] = self.latency.wait(service.name, operation, request, response)
         if fault is None or fault.kind in FAULTS_BEFORE:
             self.log.record(entry)
             return response

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -557,17 +558,23 @@ class InventoryPush:
         """Every WooCommerce SKU against every Mirakl offer; finds unmatched SKUs both ways.
 
         Mirakl's offers are held once (SKU → quantity, price); WooCommerce is streamed page by
-        page and each page is compared and dropped, so the catalogue is never held twice.
+        page and each page is compared and dropped, so the catalogue is never held twice. The
+        offer export (OF52-OF54) is prepared by Mirakl while WooCommerce's pages are read: pages
+        wait in memory only until the offers are there.
         """
         plan = Plan(full=True)
-        offers = read_offers(self.mirakl, self.ledger, FLOW, self.name, self.clock())  # OF52-OF54
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="offer-export") as executor:
+            exported = executor.submit(read_offers, self.mirakl, self.ledger, FLOW, self.name, self.clock())
+            return self._compare_full(plan, demand, exported)
 
+    def _compare_full(self, plan: Plan, demand: dict[str, int], exported: Future) -> Plan:
         missing_in_mirakl: dict[str, int] = {}
         no_sku: set[str] = set()
         seen_ids: set[str] = set()
         page: list[WooItem] = []
 
         def flush() -> None:
+            offers = exported.result()  # SKU -> (quantity, price); matched ones are taken out
             matched = [i for i in page if i.sku in offers]
             states = self.ledger.offer_states(self.name, [i.sku for i in matched])
             self._decide(plan, matched, demand, states, mirakl={i.sku: offers.pop(i.sku) for i in matched})
@@ -581,9 +588,10 @@ class InventoryPush:
             self._collect(item, items, no_sku)
             seen_ids.update(str(i.id) for i in items.values())
             page.extend(items.values())
-            if len(page) >= 500:
+            if len(page) >= 500 and exported.done():
                 flush()
         flush()
+        offers = exported.result()
 
         # What is left of the offers has no WooCommerce SKU. Offers this integration used to
         # manage lost their product: take them off sale rather than let them oversell.

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "offer_snapshot"
 FULL_EVERY = timedelta(days=1)
-MIN_INTERVAL = timedelta(minutes=1)
 # Mirakl's clock and ours may differ: a differential export starts this long before the last one.
 SKEW = timedelta(minutes=2)
 
@@ -52,11 +51,7 @@ def read_offers(mirakl: Any, ledger: Any, flow: str, marketplace: str, now: date
     state = ledger.get_cursor(flow, marketplace, SNAPSHOT, default=None) or {}
     full_at = parse_datetime(state.get("full_at"))
     full = not state or full_at is None or now - full_at >= FULL_EVERY
-    as_of = parse_datetime(state.get("as_of"))
-    if not full and as_of is not None and now - as_of < MIN_INTERVAL:
-        # the safe reading of "differential once a minute": any OF52 within the minute counts
-        return _offers(state)
-    since = None if full else as_of - SKEW
+    since = None if full else parse_datetime(state["as_of"]) - SKEW
     try:
         tracking_id = mirakl.request_offer_export(last_request_date=since)
     except BudgetExceeded as exceeded:

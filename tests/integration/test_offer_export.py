@@ -102,11 +102,13 @@ def test_a_full_export_then_differentials_keep_the_snapshot_exact(sandbox, tmp_p
 
 def test_a_second_comparison_within_the_minute_uses_the_snapshot(sandbox, tmp_path):
     read = Reader(sandbox, tmp_path)
-    first = read()
+    read()
+    sandbox.clock.advance(120)
+    first = read()  # a differential
     sandbox.clock.advance(30)
     before = len(sandbox.log.entries("mirakl"))
     assert read() == first
-    assert calls(sandbox, before) == []  # OF52's differential is once a minute: no call at all
+    assert calls(sandbox, before) == []  # OF52's differential is once a minute: the budget sent nothing
 
 
 def test_the_next_day_rebuilds_the_snapshot_from_a_full_export(sandbox, tmp_path):
@@ -152,8 +154,10 @@ def test_woocommerce_pages_read_by_the_pool_are_every_item_once_in_order(sandbox
     pooled = [i["sku"] for i in iter_pages_pooled(woo, "/products", "woo.products.list", params, pool=3)]
     sequential = [i["sku"] for i in woo.iter_pages("/products", "woo.products.list", params)]
     assert pooled == sequential and len(pooled) == len(set(pooled)) >= 250
-    pages = [e["query"]["page"][0] for e in sandbox.log.entries("woo")[before:]][:3]
-    assert pages == ["1", "2", "3"]
+    pages = [int(e["query"]["page"][0]) for e in sandbox.log.entries("woo")[before:]]
+    pooled_pages = pages[:len(pages) // 2]  # the sequential read follows
+    # page 1 first (it says how many there are), then every other page once, in whatever order they finish
+    assert pooled_pages[0] == 1 and sorted(pooled_pages) == list(range(1, len(pooled_pages) + 1))
 
 
 def test_an_item_leaving_during_a_pooled_read_is_not_skipped(sandbox):
