@@ -217,5 +217,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule=None, doc_md=__doc__, tags=["account"], params=PARAMS)
+    marketplace_dags(FLOW, build, schedule=None, doc_md=__doc__, tags=["account", "manual"], params=PARAMS,
+                    description="Manual, with a form: verify, disconnect or reconnect this marketplace")
 )

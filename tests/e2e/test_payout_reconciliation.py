@@ -289,6 +289,18 @@ def test_without_a_mail_server_the_run_is_green_the_report_written_and_finance_w
                for r in caplog.records)
 
 
+def test_each_run_shows_the_business_date_it_reconciles_among_its_rendered_fields(period):
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+
+    run = run_for(D3)  # dated D4 02:30: reconciles D3
+    assert run.logical_date.date() == D4
+    ti = next(t for t in run.get_task_instances() if t.task_id == "extract_mirakl_day")
+    with create_session() as session:
+        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
+    assert rendered["op_kwargs"] == {"reconciles": D3.isoformat()}
+
+
 def test_the_report_is_an_asset_event(period):
     from sqlalchemy import select
 
