@@ -42,10 +42,16 @@ POLICIES = {
 }
 
 PARAMS = {
-    "action": Param("verify", type="string", enum=list(ACTIONS), values_display=ACTIONS, title="Action"),
+    "action": Param(
+        "verify", type="string", enum=list(ACTIONS), values_display=ACTIONS, title="Action",
+        description="verify: check both connections, change nothing. disconnect: stop the integration for this "
+        "marketplace (a dry run first). reconnect: verify, then resume the flows a disconnect paused.",
+    ),
+    # Null allowed: the form would otherwise mark it required, and verify/reconnect do not use it.
     "offers_policy": Param(
-        "keep", type="string", enum=list(POLICIES), values_display=POLICIES, title="Offers on disconnect",
-        description="What happens to this shop's offers on Mirakl when it is disconnected.",
+        "keep", type=["null", "string"], enum=[*POLICIES, None],
+        values_display={**POLICIES, None: "(not needed for verify or reconnect)"}, title="Offers on disconnect",
+        description="Only for disconnect: what happens to this shop's offers on Mirakl.",
     ),
     "confirmation": Param(
         "", type=["null", "string"], maxLength=40, title="Confirmation",
@@ -126,8 +132,8 @@ def build(marketplace: Marketplace) -> None:
         print(report.render())
         record_verification(get_ledger(), report, context["run_id"])
         summary = report.summary()
+        context["ti"].xcom_push(key="summary", value=summary)  # passed or not, under the README's key
         if not report.ok:
-            context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowFailException(
                 "verification failed: " + "; ".join(f"{c.title}: {c.message}" for c in report.failures)
             )

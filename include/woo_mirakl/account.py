@@ -415,7 +415,11 @@ def check_request(action: Any, offers_policy: Any, confirmation: Any, dry_run: A
     a dry run and a verify do not (the form cannot make one field depend on another)."""
     if action not in ACTIONS:
         raise RequestRefused(f"action must be one of {', '.join(ACTIONS)}; got {action!r}")
-    if offers_policy not in POLICIES:
+    if offers_policy is None and action != "disconnect":
+        pass  # only a disconnect uses the policy
+    elif offers_policy is None:
+        raise RequestRefused(f"choose what happens to the offers on disconnect: one of {', '.join(POLICIES)}")
+    elif offers_policy not in POLICIES:
         raise RequestRefused(f"offers_policy must be one of {', '.join(POLICIES)}; got {offers_policy!r}")
     if not isinstance(dry_run, bool):
         raise RequestRefused(f"dry_run must be true or false; got {dry_run!r}")

@@ -98,6 +98,10 @@ def test_verify_good_setup_shows_the_shop(sandbox, ledger):
     assert found["woo.skus"]["details"] == {"items": 6, "duplicates": 0, "without_sku": 0}
     assert found["woo.tracking"]["status"] == "ok"
     assert task_states(run)["plan_disconnect"] == "skipped"
+    # The README's keys: XCom `summary` (also the return value) with ok, failed, warnings, checks.
+    summary = xcom(run, "report_verification", "summary")
+    assert summary == xcom(run, "report_verification")
+    assert {"ok", "failed", "warnings", "checks"} <= set(summary) and summary["ok"] is True
     assert sandbox.log.count("mirakl", "A01") == 1
     summary = json.dumps(last_verify(ledger))
     assert sandbox.mirakl.api_key not in summary and sandbox.woo.consumer_secret not in summary
