@@ -43,7 +43,7 @@ def airflow_env(sandbox, ledger_url, airflow_db):
     values = {
         "AIRFLOW_CONN_MIRAKL_SANDBOX": {
             "conn_type": "mirakl", "host": sandbox.mirakl_url, "password": sandbox.mirakl.api_key,
-            "extra": {"shop_id": str(sandbox.mirakl.shop_id), "retry_base_delay": 0.05, "timeout": 5},
+            "extra": {"shop_id": sandbox.mirakl.shop_id, "retry_base_delay": 0.05, "timeout": 5},
         },
         "AIRFLOW_CONN_WOOCOMMERCE_DEFAULT": {
             "conn_type": "woocommerce", "host": sandbox.woo_url, "login": sandbox.woo.consumer_key,
