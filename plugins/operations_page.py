@@ -128,6 +128,7 @@ PAGE = """<!doctype html>
  form.filter{margin:.5rem 0} h2{margin-top:2rem;border-bottom:2px solid #1d2433}
 </style></head><body>
 <h1>WooCommerce ⇄ Mirakl operations</h1>
+<p><a href="/woo-mirakl-connect/" target="_top">Mirakl connections: Connect to Mirakl / Reconnect</a></p>
 <form class="filter" method="get">
  Kind <select name="kind"><option value="">all</option>
  {% for k in all_kinds %}<option value="{{ k }}"{% if k == kind %} selected{% endif %}>{{ k }}</option>{% endfor %}

@@ -7,7 +7,8 @@ script turns those into ``[count, seconds]`` windows and writes
 it and fails when the committed file drifts from the spec.
 
 Rules, so the output can be checked by hand:
-- only the first persona block is read (OR11 also lists "External Partner");
+- the first persona block ("Default") gives ``limits``; any other persona block (OR11's
+  "External Partner") is written under ``personas`` with its own limits and variants;
 - a clause labelled ``X: ...`` is a *variant* (OR11 Asynchronous/Synchronous, OF51
   Differential/Full); ``limits`` is the union of every window, i.e. the strictest;
 - clauses without a time unit ("at each order page display", "100 orders per call")
@@ -42,6 +43,7 @@ _WINDOW = re.compile(
     re.I,
 )
 _LABEL = re.compile(r"^\s*-?\s*([A-Za-z][A-Za-z ]*?)\s*:\s*(.*)$")
+_PERSONA = re.compile(r'<div>([^<:]+):</div><div class="persona-specific-call-frequency">(.*?)</div>\s*</div>', re.S)
 
 
 def _clean(block: str) -> str:
@@ -69,7 +71,20 @@ def parse_max_usage(description: str) -> dict | None:
     blocks = _MAX_BLOCK.findall(description or "")
     if not blocks:
         return None
-    text = _clean(blocks[0])
+    entry = _entry(_clean(blocks[0]))
+    personas = {}
+    for name, block in _PERSONA.findall(description or "")[1:]:
+        inner = _MAX_BLOCK.findall(block + "</div>")
+        if inner:
+            persona = _entry(_clean(inner[0]))
+            personas[re.sub(r"\W+", "_", name.strip().lower())] = {
+                k: v for k, v in persona.items() if k in ("limits", "variants")}
+    if personas:
+        entry["personas"] = personas
+    return entry
+
+
+def _entry(text: str) -> dict:
     limits: list[list[int]] = []
     variants: dict[str, list[list[int]]] = {}
     for line in (part.strip() for part in text.split("\n")):

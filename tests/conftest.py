@@ -5,6 +5,7 @@ subprocess a test starts) sees the project's DAGs and no example DAGs.
 """
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
 os.environ["WOO_MIRAKL_HOME"] = str(ROOT)
+# As in production: connection secrets and the shared OAuth tokens are stored encrypted.
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

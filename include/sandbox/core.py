@@ -221,13 +221,19 @@ class Service:
     def tick(self, now: datetime) -> None:
         """Apply time-driven transitions (deadlines, delays) up to ``now``."""
 
+    def call_variant(self, request: Request, operation: str) -> str | None:
+        """Which of an operation's published ceilings a call falls under (e.g. a full or a
+        differential export), for checking the call log against them; None when one ceiling."""
+        return None
+
 
 @dataclass
 class FaultRule:
-    """One fault: ``kind`` is ``status`` (with ``status``), ``slow``, ``drop`` or ``malformed``.
+    """One fault of a ``kind`` (see :data:`FAULT_KINDS`) on calls of ``service`` and ``operation``.
 
-    It applies to calls of ``service`` whose operation matches ``operation`` (``*`` for
-    all), with ``probability``, and at most ``count`` times when a count is given.
+    ``*`` matches every service or operation; the fault fires with ``probability``, and at
+    most ``count`` times when a count is given. ``status`` is the HTTP status of the
+    ``status`` and ``apply_then_status`` kinds, ``delay`` the seconds of the slow kinds.
     """
 
     service: str = "*"
@@ -243,10 +249,18 @@ class FaultRule:
         return self.service in ("*", service) and self.operation in ("*", operation)
 
 
+# Faults before the request is applied (the harmless case for a retry) and faults after it:
+# the change is made, then the answer is an error, a dropped connection or later than any
+# client waits. Only the second kind tells a blind retry of a write from a safe one.
+FAULTS_BEFORE = ("status", "slow", "drop")
+FAULTS_AFTER = ("apply_then_status", "apply_then_drop", "apply_then_slow", "malformed")
+FAULT_KINDS = FAULTS_BEFORE + FAULTS_AFTER
+
+
 class FaultInjector:
     """Decides, per call, whether to inject a fault; seeded so runs repeat."""
 
-    KINDS = {"status", "slow", "drop", "malformed"}
+    KINDS = frozenset(FAULT_KINDS)
 
     def __init__(self, seed: int = 0):
         self._lock = threading.Lock()
@@ -262,8 +276,11 @@ class FaultInjector:
             self._rules = parsed
 
     def add(self, rule: FaultRule | dict) -> None:
+        parsed = rule if isinstance(rule, FaultRule) else FaultRule(**rule)
+        if parsed.kind not in self.KINDS:
+            raise ValueError(f"unknown fault kind {parsed.kind!r}")
         with self._lock:
-            self._rules.append(rule if isinstance(rule, FaultRule) else FaultRule(**rule))
+            self._rules.append(parsed)
 
     def clear(self) -> None:
         with self._lock:
@@ -309,12 +326,23 @@ class CallLog:
                 and (operation is None or e["operation"] == operation)
             ]
 
-    def count(self, service: str | None = None, operation: str | None = None, ok_only: bool = False) -> int:
+    def count(
+        self, service: str | None = None, operation: str | None = None, ok_only: bool = False, landed: bool = False
+    ) -> int:
+        """Calls of ``service``/``operation``; ``ok_only``: answered below 400; ``landed``: applied.
+
+        A call *landed* when its handler succeeded, whatever the client was told afterwards.
+        """
         return sum(
             1
             for e in self.entries(service, operation)
-            if not ok_only or (e["status"] is not None and e["status"] < 400)
+            if (not ok_only or (e["status"] is not None and e["status"] < 400)) and (not landed or e["applied"])
         )
+
+    def landed(self, service: str, operation: str, path_contains: str | None = None) -> list[dict]:
+        """The calls of one operation that changed the sandbox's state (see :meth:`count`)."""
+        return [e for e in self.entries(service, operation)
+                if e["applied"] and (path_contains is None or path_contains in e["path"])]
 
     def clear(self) -> None:
         with self._lock:
@@ -334,6 +362,12 @@ def _make_handler(sandbox: "Sandbox", service: Service):
 
         def log_message(self, *args: Any) -> None:  # the call log replaces stderr noise
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body are two writes: without this, Nagle holds the body back until the
+            # client's delayed ACK (~40 ms on Linux), which would dwarf most answers' real cost
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _serve(self) -> None:
             split = urlsplit(self.path)
@@ -382,8 +416,10 @@ class Sandbox:
         state_file: str | None = None,
         clock: Clock | None = None,
         validate_requests: bool = False,
+        latency: Any = None,
     ):
         from include.sandbox.mirakl import MiraklService
+        from include.sandbox.mirakl_auth import MiraklAuthService
         from include.sandbox.woocommerce import WooService
 
         self.seed = seed
@@ -394,17 +430,20 @@ class Sandbox:
         self.faults = FaultInjector(seed)
         self.lock = threading.RLock()
         self.validate_requests = validate_requests
+        self.latency = latency  # a latency.LatencyProfile (benches) or None (tests: answer at once)
         self.mirakl = MiraklService(self)
         self.woo = WooService(self)
-        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo}
+        self.auth = MiraklAuthService(self)  # Mirakl's authentication system (OAuth 2)
+        self.services: dict[str, Service] = {"mirakl": self.mirakl, "woo": self.woo, "auth": self.auth}
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
         if state_file:
             self.load()
 
     # Life cycle ------------------------------------------------------------------
-    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1") -> "Sandbox":
-        for name, port in (("mirakl", mirakl_port), ("woo", woo_port)):
+    def start(self, mirakl_port: int = 0, woo_port: int = 0, host: str = "127.0.0.1",
+              auth_port: int = 0) -> "Sandbox":
+        for name, port in (("mirakl", mirakl_port), ("woo", woo_port), ("auth", auth_port)):
             server = _Server((host, port), _make_handler(self, self.services[name]))
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -431,6 +470,10 @@ class Sandbox:
     @property
     def woo_url(self) -> str:
         return self.url("woo")
+
+    @property
+    def auth_url(self) -> str:
+        return self.url("auth")
 
     # State -----------------------------------------------------------------------
     def now(self) -> datetime:
@@ -481,11 +524,13 @@ class Sandbox:
             "status": None,
             "fault": None,
             "violations": [],
+            "variant": service.call_variant(request, operation),
+            "applied": False,
         }
         fault = self.faults.pick(service.name, operation)
         if fault is not None:
             entry["fault"] = fault.kind
-            if fault.kind in ("slow",):
+            if fault.kind == "slow":
                 time.sleep(fault.delay)
             elif fault.kind == "drop":
                 self.log.record(entry)
@@ -517,11 +562,30 @@ class Sandbox:
         except Exception as error:  # a sandbox bug must look like a 500, not hang the client
             response = service.render_error(ApiError(500, f"sandbox error: {error!r}"))
         entry["status"] = response.status
+        entry["applied"] = response.status < 400 and request.method not in ("GET", "HEAD")
+        if self.latency is not None:  # outside the lock: slow answers overlap as on a real server
+            self.latency.wait(service.name, operation, request, response)
+        if fault is None or fault.kind in FAULTS_BEFORE:
+            self.log.record(entry)
+            return response
+        return self._fail_after_applying(service, fault, response, entry)
+
+    def _fail_after_applying(self, service: Service, fault: FaultRule, response: Response, entry: dict) -> Response | None:
+        """The handler ran (its change is kept); now the answer goes wrong."""
+        entry["handled_status"] = response.status
+        if fault.kind == "apply_then_status":
+            entry["status"] = fault.status
+            self.log.record(entry)
+            return service.render_error(ApiError(fault.status, "injected fault after the request was applied"))
+        if fault.kind == "apply_then_drop":
+            self.log.record(entry)
+            return None
         self.log.record(entry)
-        if fault is not None and fault.kind == "malformed":
-            return Response(response.status, response.encode()[: max(1, len(response.encode()) // 2)],
-                            response.headers, response.content_type)
-        return response
+        if fault.kind == "apply_then_slow":
+            time.sleep(fault.delay)  # longer than the client waits: it gave up, the change stays
+            return response
+        body = response.encode()  # malformed: a body cut in half
+        return Response(response.status, body[: max(1, len(body) // 2)], response.headers, response.content_type)
 
     def _handle_admin(self, service: Service, request: Request) -> Response:
         try:

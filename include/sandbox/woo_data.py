@@ -27,9 +27,14 @@ from include.sandbox.core import ApiError
 UTC = timezone.utc
 
 STOCK_REDUCING_STATUSES = {"on-hold", "processing", "completed"}
+# An update carrying any of these makes core recalculate the order's totals and taxes.
+RECALCULATING_FIELDS = frozenset({"billing", "shipping", "line_items", "shipping_lines", "fee_lines", "coupon_lines"})
 STOCK_RESTORING_STATUSES = {"cancelled", "pending"}
 ORDER_STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed",
                   "checkout-draft", "trash")
+# What a write may set (the order schema's enum, in its order).
+ORDER_WRITE_STATUSES = ("auto-draft", "pending", "processing", "on-hold", "completed", "cancelled", "refunded",
+                        "failed", "checkout-draft")
 PRODUCT_STATUSES = ("draft", "pending", "private", "publish")
 STOCK_STATUSES = ("instock", "outofstock", "onbackorder")
 BACKORDERS = ("no", "notify", "yes")
@@ -56,14 +61,31 @@ TRACKING_PROVIDER_LINKS = {
 class WooError(ApiError):
     """A WordPress REST error: ``{"code", "message", "data": {"status", ...}}``."""
 
-    def __init__(self, status: int, code: str, message: str, **data: Any):
+    def __init__(self, status: int, code: str, message: str, bare_status: bool = False, **data: Any):
         super().__init__(status, message, code)
         self.data = data
+        self.bare_status = bare_status  # a few core errors carry ``"data": <status>`` instead of an object
 
 
 def invalid_param(name: str, reason: str) -> WooError:
+    """WordPress's schema error: ``params`` says why, ``details`` carries the validator's own code."""
+    if " is not one of " in reason:
+        code = "rest_not_in_enum"
+    elif "must be between" in reason or "greater than" in reason:
+        code = "rest_out_of_bounds"
+    elif "is not of type" in reason:
+        code = "rest_invalid_type"
+    else:
+        code = "rest_invalid_param"
     return WooError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                    params={name: reason}, details={})
+                    params={name: reason}, details={name: {"code": code, "message": reason, "data": None}})
+
+
+def one_of(name: str, allowed: Iterable[str]) -> str:
+    """WordPress's enum message: ``x is not one of a, b, and c.``"""
+    values = list(allowed)
+    listed = values[0] if len(values) == 1 else ", ".join(values[:-1]) + f", and {values[-1]}"
+    return f"{name} is not one of {listed}."
 
 
 # Values ----------------------------------------------------------------------------
@@ -123,7 +145,7 @@ def as_price(value: Any, name: str) -> str:
 
 def as_enum(value: Any, name: str, allowed: Iterable[str]) -> str:
     if value not in allowed:
-        raise invalid_param(name, f"{name} is not one of {', '.join(allowed)}.")
+        raise invalid_param(name, one_of(name, allowed))
     return value
 
 
@@ -303,6 +325,9 @@ class WooStore:
         self.orders = Collection()
         self.refunds = Collection()
         self.sku_index: dict[str, int] = {}
+        self.trashed = 0  # list filters skip the trash only when something is in it (fast path otherwise)
+        self.emails: list[dict] = []
+        self.mailer: Callable[[dict], None] | None = None
         self.next_id = 100
         self.next_item_id = 1
         self.next_meta_id = 1
@@ -336,6 +361,34 @@ class WooStore:
         rid = self.sku_index.get(sku)
         return self.item(rid) if rid is not None else None
 
+    def sellable(self, record: dict | None) -> dict | None:
+        """The record unless it (or its parent) is in the trash: core's order lines then lose it."""
+        if record is None or record["status"] == "trash":
+            return None
+        if record["kind"] == "variation":
+            parent = self.products.get(record["parent_id"])
+            if parent is None or parent["status"] == "trash":
+                return None
+        return record
+
+    def stock_owner(self, record: dict) -> dict:
+        """Whose stock a product uses: a variation not managing its own uses a managing parent's."""
+        if record["kind"] == "variation" and not record["manage_stock"]:
+            parent = self.products.get(record["parent_id"])
+            if parent is not None and parent["manage_stock"]:
+                return parent
+        return record
+
+    def trash_item(self, record: dict) -> dict:
+        """``DELETE`` without ``force``: the product moves to the trash (its SKU stays taken)."""
+        if record["status"] == "trash":
+            raise WooError(410, "woocommerce_rest_already_trashed", "The resource has already been deleted.")
+        record["extra"]["status_before_trash"] = record["status"]
+        record["status"] = "trash"
+        self.trashed += 1
+        self._collection(record).touch(record, self.now())
+        return record
+
     def product(self, product_id: int) -> dict:
         record = self.products.get(product_id)
         if record is None:
@@ -363,6 +416,7 @@ class WooStore:
     def create_product(self, data: dict) -> dict:
         ptype = as_enum(data.get("type", "simple"), "type", PRODUCT_TYPES)
         record = self._new_product_record("product", ptype)
+        record["categories"] = DEFAULT_CATEGORIES  # core files a product without one as Uncategorized
         self._apply_product_fields(record, data)
         self.products.add(record)
         return record
@@ -380,8 +434,17 @@ class WooStore:
     def update_item(self, record: dict, data: dict) -> dict:
         """Apply a REST write to a product or variation and bump its modified date."""
         self._apply_product_fields(record, data)
-        self._collection(record).touch(record, self.now())
+        self._touch_product(record)
         return record
+
+    def _touch_product(self, record: dict) -> None:
+        # Saving a variation saves its parent too (core syncs the parent's prices and stock status).
+        now = self.now()
+        self._collection(record).touch(record, now)
+        if record["kind"] == "variation":
+            parent = self.products.get(record["parent_id"])
+            if parent is not None:
+                self.products.touch(parent, now)
 
     def delete_item(self, record: dict) -> dict:
         for child_id in list(record["variations"]):
@@ -424,6 +487,9 @@ class WooStore:
             if not isinstance(data[name], list):
                 raise invalid_param(name, f"{name} is not of type array.")
             work[name] = data[name]
+        if "attributes" in data:
+            work["attributes"] = [_attribute(a, i, record["kind"] == "variation")
+                                  for i, a in enumerate(data["attributes"]) if isinstance(a, dict)]
         if "meta_data" in data:
             self._write_meta(work["meta_data"], data["meta_data"])
         for name in EXTRA_FIELDS.intersection(data):
@@ -504,7 +570,7 @@ class WooStore:
         record["stock_quantity"] = (record["stock_quantity"] or 0) + delta
         self._sync_stock_status(record)
         if bump_modified:
-            self._collection(record).touch(record, self.now())
+            self._touch_product(record)
 
     # orders --------------------------------------------------------------------
     def order(self, order_id: int) -> dict:
@@ -526,10 +592,12 @@ class WooStore:
             "line_items": [], "shipping_lines": [], "fee_lines": [], "refund_ids": [],
             "stock_reduced": False, "created_via": created_via, "parent_id": 0,
             "order_key": "wc_order_" + hashlib.md5(f"{oid}".encode()).hexdigest()[:13],
+            "prices_include_tax": bool(self.settings.get("prices_include_tax")), "tax_lines": [],
         }
         status = data.get("status", "pending")
-        as_enum(status, "status", ORDER_STATUSES)
+        as_enum(status, "status", ORDER_WRITE_STATUSES)
         self._apply_order_fields(record, {k: v for k, v in data.items() if k != "status"})
+        self.calculate_totals(record)  # core's REST create always does
         self.orders.add(record)
         self.notes.setdefault(oid, [])
         if as_bool(data.get("set_paid", False), "set_paid"):
@@ -544,9 +612,11 @@ class WooStore:
             raise WooError(400, "rest_invalid_json", "Invalid JSON body passed.")
         status = data.get("status")
         if status is not None:
-            as_enum(status, "status", ORDER_STATUSES)
+            as_enum(status, "status", ORDER_WRITE_STATUSES)
         work = copy.deepcopy(record)  # all or nothing, as core validates before saving
         self._apply_order_fields(work, {k: v for k, v in data.items() if k != "status"})
+        if RECALCULATING_FIELDS.intersection(data):
+            self.calculate_totals(work)  # WC_REST_Orders_V2_Controller::save_object on update
         if "line_items" in data and work["stock_reduced"] and work["status"] in STOCK_REDUCING_STATUSES:
             self._adjust_line_stock(record["line_items"], work)
         record.update(work)
@@ -592,18 +662,29 @@ class WooStore:
                 if posted.get("quantity") == 0 or ("product_id" in posted and posted["product_id"] is None):
                     record["line_items"].remove(existing)
                     continue
-            product = self._line_product(posted, "create" if existing is None else "update")
+            referenced, product = self._line_product(posted, "create" if existing is None else "update")
             item = existing or {"id": self._new_item_id(), "name": "", "product_id": 0, "variation_id": 0,
-                                "quantity": 1, "subtotal": "0.00", "total": "0.00", "sku": "", "price": 0,
-                                "meta_data": [], "reduced_stock": None}
+                                "quantity": 1, "subtotal": "0.00", "total": "0.00", "sku": None, "price": 0,
+                                "meta_data": [], "reduced_stock": None, "subtotal_tax": "0.00",
+                                "total_tax": "0.00", "taxes": []}
             if product is not None:
                 item["product_id"] = product["parent_id"] or product["id"]
                 item["variation_id"] = product["id"] if product["kind"] == "variation" else 0
                 item["sku"] = product["sku"]
                 item["name"] = posted.get("name") or self._display_name(product)
+                if existing is None and product["kind"] == "variation":
+                    for attr in product["attributes"]:
+                        name = str(attr.get("name", ""))
+                        item["meta_data"].append({"id": self._new_meta_id(), "key": name.lower().replace(" ", "-"),
+                                                  "value": str(attr.get("option", "")), "display_key": name})
+            elif referenced:
+                # An unknown or trashed product or SKU is no error for core: the line keeps no product.
+                item.update(product_id=0, variation_id=0, sku=None, name=str(posted.get("name") or ""))
             if "quantity" in posted:
                 item["quantity"] = as_int(posted["quantity"], "quantity")
-            unit = money(self._effective_price(product)) if product is not None else Decimal(str(item["price"]))
+            unit = money(self._effective_price(product)) if product is not None else (
+                money(posted.get("total") or posted.get("subtotal") or 0) / max(item["quantity"], 1)
+                if referenced else Decimal(str(item["price"])))
             default_total = unit * item["quantity"]
             subtotal = money(posted["subtotal"], "subtotal") if "subtotal" in posted else (
                 default_total if existing is None or "quantity" in posted else money(item["subtotal"]))
@@ -616,25 +697,22 @@ class WooStore:
             if existing is None:
                 record["line_items"].append(item)
 
-    def _line_product(self, posted: dict, action: str) -> dict | None:
-        # Core precedence: sku, then product_id (without variation_id), then variation_id.
+    def _line_product(self, posted: dict, action: str) -> tuple[bool, dict | None]:
+        """(whether the line names a product, the product when it exists and is not trashed).
+
+        Core precedence: sku, then product_id (without variation_id), then variation_id.
+        """
         if posted.get("sku"):
             product = self.by_sku(str(posted["sku"]))
-            if product is None:
-                raise WooError(400, "woocommerce_rest_invalid_product_id", "Product ID or SKU is invalid.")
         elif posted.get("product_id") and not posted.get("variation_id"):
             product = self.item(as_int(posted["product_id"], "product_id"))
-            if product is None:
-                raise WooError(400, "woocommerce_rest_invalid_product_id", "Product ID or SKU is invalid.")
         elif posted.get("variation_id"):
             product = self.variations.get(as_int(posted["variation_id"], "variation_id"))
-            if product is None:
-                raise WooError(400, "woocommerce_rest_invalid_product_id", "Product ID or SKU is invalid.")
         elif action == "update":
-            return None
+            return False, None
         else:
             raise WooError(400, "woocommerce_rest_required_product_reference", "Product ID or SKU is required.")
-        return product
+        return True, self.sellable(product)
 
     def _write_simple_lines(self, lines: list[dict], posted_lines: Any, name: str) -> None:
         if not isinstance(posted_lines, list):
@@ -652,19 +730,74 @@ class WooStore:
                     raise WooError(400, "woocommerce_rest_invalid_shipping_item", "Shipping method is required.")
                 if name == "fee_lines" and not posted.get("name"):
                     raise WooError(400, "woocommerce_rest_invalid_fee_item", "Fee name is required.")
-                existing = {"id": self._new_item_id(), "total": "0.00", "meta_data": []}
+                existing = {"id": self._new_item_id(), "total": "0.00", "meta_data": [], "total_tax": "0.00",
+                            "taxes": []}
                 lines.append(existing)
             for key, value in posted.items():
                 if key == "total":
                     existing["total"] = fmt_money(money(value, "total"))
                 elif key == "meta_data":
                     self._write_meta(existing["meta_data"], value)
-                elif key != "id":
+                elif key not in ("id", "total_tax", "taxes"):  # read-only in the schema
                     existing[key] = value
 
     def order_total(self, record: dict) -> Decimal:
-        return sum((money(li["total"]) for li in record["line_items"] + record["shipping_lines"]
-                    + record["fee_lines"]), Decimal("0"))
+        return sum((money(li["total"]) + money(li.get("total_tax")) for li in record["line_items"]
+                    + record["shipping_lines"] + record["fee_lines"]), Decimal("0"))
+
+    # taxes ---------------------------------------------------------------------
+    def tax_location(self, record: dict) -> str:
+        """The country taxes are computed for (``woocommerce_tax_based_on``, then the store's base)."""
+        based_on = self.settings.get("tax_based_on", "shipping")
+        if based_on == "shipping" and not record["shipping"].get("country"):
+            based_on = "billing"
+        country = "" if based_on == "base" else record[based_on].get("country", "")
+        return country or str(self.settings.get("base_country", ""))
+
+    def _rates(self, record: dict) -> list[dict]:
+        country = self.tax_location(record)
+        return [dict(rate, id=number) for number, rate in enumerate(self.settings.get("tax_rates") or [], start=1)
+                if rate.get("country", "") in ("", country)]
+
+    def calculate_totals(self, record: dict) -> None:
+        """``WC_Abstract_Order::calculate_totals``: taxes on every line from the store's rates.
+
+        Line and shipping totals are taken as given (excluding tax), whatever the store's
+        ``prices_include_tax``: a marketplace price that already includes VAT gets it twice.
+        Nothing is taxed when taxes are off or the order carries ``is_vat_exempt`` = ``yes``.
+        """
+        exempt = any(m["key"] == "is_vat_exempt" and m["value"] == "yes" for m in record["meta_data"])
+        rates = self._rates(record) if self.settings.get("calc_taxes") and not exempt else []
+        per_rate: dict[int, list[Decimal]] = {}
+        for item in record["line_items"] + record["fee_lines"]:
+            taxes = []
+            for rate in rates:
+                percent = money(rate["rate"]) / 100
+                total = (money(item["total"]) * percent).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+                subtotal = (money(item.get("subtotal", item["total"])) * percent).quantize(
+                    Decimal("0.01"), rounding=ROUND_HALF_UP)
+                taxes.append({"id": rate["id"], "total": fmt_money(total), "subtotal": fmt_money(subtotal)})
+                per_rate.setdefault(rate["id"], [Decimal("0"), Decimal("0")])[0] += total
+            item["taxes"] = taxes
+            item["total_tax"] = fmt_money(sum((money(t["total"]) for t in taxes), Decimal("0")))
+            item["subtotal_tax"] = fmt_money(sum((money(t["subtotal"]) for t in taxes), Decimal("0")))
+        for line in record["shipping_lines"]:
+            taxes = []
+            for rate in rates:
+                if not rate.get("shipping", True):
+                    continue
+                total = (money(line["total"]) * money(rate["rate"]) / 100).quantize(
+                    Decimal("0.01"), rounding=ROUND_HALF_UP)
+                taxes.append({"id": rate["id"], "total": fmt_money(total), "subtotal": ""})
+                per_rate.setdefault(rate["id"], [Decimal("0"), Decimal("0")])[1] += total
+            line["taxes"] = taxes
+            line["total_tax"] = fmt_money(sum((money(t["total"]) for t in taxes), Decimal("0")))
+        by_id = {rate["id"]: rate for rate in rates}
+        kept = {t["rate_id"]: t for t in record.get("tax_lines") or []}
+        record["tax_lines"] = [
+            {"id": kept[rid]["id"] if rid in kept else self._new_item_id(), **tax_line(by_id[rid], items, ship)}
+            for rid, (items, ship) in sorted(per_rate.items())
+        ]
 
     def refunded_total(self, record: dict) -> Decimal:
         return sum((money(self.refunds.records[r]["amount"]) for r in record["refund_ids"]
@@ -675,6 +808,8 @@ class WooStore:
         old = record["status"]
         record["status"] = status
         self.add_note(record, f"Order status changed from {_status_label(old)} to {_status_label(status)}.")
+        for template in STATUS_EMAILS.get((old, status), ()) + STATUS_EMAILS.get((None, status), ()):
+            self._email(record, template)
         if status == "completed" and record["date_completed"] is None:
             record["date_completed"] = self.now()
         if status in ("processing", "completed") and record["date_paid"] is None and record["payment_method"]:
@@ -686,9 +821,10 @@ class WooStore:
 
     def _stock_product(self, item: dict) -> dict | None:
         product = self.item(item["variation_id"] or item["product_id"])
-        if product is None or not product["manage_stock"] or not self.settings["manage_stock"]:
+        if product is None or not self.settings["manage_stock"]:
             return None
-        return product
+        product = self.stock_owner(product)
+        return product if product["manage_stock"] else None
 
     def _reduce_stock(self, record: dict) -> None:
         changes = []
@@ -700,11 +836,16 @@ class WooStore:
             old = product["stock_quantity"]
             self.change_stock(product, -item["quantity"], bump)
             product["total_sales"] += item["quantity"]
-            item["reduced_stock"] = item["quantity"]
-            changes.append(f"{item['name']} ({product['sku'] or product['id']}) {old}&rarr;{product['stock_quantity']}")
+            self._set_reduced(item, item["quantity"])
+            changes.append(f"{item['name']} ({item['sku'] or product['id']}) {old}&rarr;{product['stock_quantity']}")
         record["stock_reduced"] = True
         if changes:
             self.add_note(record, "Stock levels reduced: " + ", ".join(changes))
+
+    def _set_reduced(self, item: dict, quantity: int | None) -> None:
+        """The units an order line holds, mirrored in its ``_reduced_stock`` meta as core keeps it."""
+        item["reduced_stock"] = quantity
+        self.set_meta(item["meta_data"], "_reduced_stock", None if quantity is None else str(quantity))
 
     def _restore_stock(self, record: dict) -> None:
         changes = []
@@ -715,8 +856,8 @@ class WooStore:
                 continue
             old = product["stock_quantity"]
             self.change_stock(product, item["reduced_stock"], bump)
-            item["reduced_stock"] = None
-            changes.append(f"{item['name']} ({product['sku'] or product['id']}) {old}&rarr;{product['stock_quantity']}")
+            self._set_reduced(item, None)
+            changes.append(f"{item['name']} ({item['sku'] or product['id']}) {old}&rarr;{product['stock_quantity']}")
         record["stock_reduced"] = False
         if changes:
             self.add_note(record, "Stock levels increased: " + ", ".join(changes))
@@ -736,7 +877,7 @@ class WooStore:
             delta = item["quantity"] - (item["reduced_stock"] or 0)
             if delta:
                 self.change_stock(product, -delta, bump)
-                item["reduced_stock"] = item["quantity"]
+                self._set_reduced(item, item["quantity"])
                 self.add_note(work, f"Adjusted stock: {item['name']} ({product['sku'] or product['id']}) "
                               f"{product['stock_quantity'] + delta}&rarr;{product['stock_quantity']}")
 
@@ -756,10 +897,49 @@ class WooStore:
         entry = {"id": self.next_note_id, "author": author, "created": self.now(), "note": note,
                  "customer_note": customer_note}
         self.notes.setdefault(record["id"], []).append(entry)
+        if customer_note:
+            self._email(record, "customer_note", note=note)
         return entry
+
+    # e-mails -------------------------------------------------------------------
+    def _email(self, record: dict, template: str, **context: Any) -> None:
+        """Queue one of core's transactional e-mails (WC_Emails) when enabled and addressed.
+
+        Customer e-mails go to the order's ``billing.email``; with none, core sends nothing.
+        """
+        if not self.settings.get("emails_enabled", True):
+            return
+        site = str(self.settings.get("site_title") or "Sandbox Store")
+        number = record["id"]
+        if template in ADMIN_EMAILS:
+            to = str(self.settings.get("admin_email") or "")
+        else:
+            to = record["billing"].get("email", "")
+        if not to:
+            return
+        subject = {
+            "new_order": f"[{site}]: New order #{number}",
+            "cancelled_order": f"[{site}]: Order #{number} has been cancelled",
+            "customer_on_hold_order": f"Your {site} order has been received!",
+            "customer_processing_order": f"Your {site} order has been received!",
+            "customer_completed_order": f"Your {site} order is now complete: good things are heading your way!",
+            "customer_refunded_order": (f"Your {site} order #{number} has been refunded" if context.get("full")
+                                        else f"Your {site} order #{number} has been partially refunded"),
+            "customer_note": f"Note added to your {site} order",
+        }[template]
+        body = f"Order #{number}\n" + "\n".join(f"{li['name']} x {li['quantity']}" for li in record["line_items"])
+        if context.get("note"):
+            body += "\n\n" + str(context["note"])
+        message = {"template": template, "to": to, "subject": subject, "body": body, "order_id": number,
+                   "from": str(self.settings.get("email_from") or "shop@store.sandbox")}
+        self.emails.append(message)
+        if self.mailer is not None:
+            self.mailer(message)
 
     # refunds -------------------------------------------------------------------
     def create_refund(self, order: dict, data: dict) -> dict:
+        """``wc_create_refund``: ``line_items`` may name product, shipping or fee items of the order,
+        each with ``refund_total`` and optionally ``refund_tax`` (``[{"id": rate id, "refund_total"}]``)."""
         if not isinstance(data, dict):
             raise WooError(400, "rest_invalid_json", "Invalid JSON body passed.")
         lines = data.get("line_items") or []
@@ -767,27 +947,40 @@ class WooStore:
             raise invalid_param("line_items", "line_items is not of type array.")
         refund_lines = []
         for posted in lines:
-            item = next((li for li in order["line_items"] if str(li["id"]) == str(posted.get("id"))), None)
-            if item is None:
+            if not isinstance(posted, dict):
+                continue
+            found = None
+            for kind in ("line_items", "shipping_lines", "fee_lines"):
+                item = next((li for li in order[kind] if str(li["id"]) == str(posted.get("id"))), None)
+                if item is not None:
+                    found = (kind, item)
+                    break
+            if found is None:
                 continue  # core skips ids that are not items of the order
             qty = as_int(posted.get("quantity", 0) or 0, "quantity")
             amount = money(posted.get("refund_total", 0), "refund_total")
-            refund_lines.append((item, qty, amount))
+            taxes = {}
+            for tax in posted.get("refund_tax") or []:
+                if isinstance(tax, dict) and tax.get("id") is not None:
+                    taxes[as_int(tax["id"], "refund_tax")] = money(tax.get("refund_total", 0), "refund_total")
+            refund_lines.append((found[0], found[1], qty, amount, taxes))
         if "amount" in data and data["amount"] not in (None, ""):
             amount = money(data["amount"], "amount")
         else:
-            amount = sum((a for _, _, a in refund_lines), Decimal("0"))
+            amount = sum((a + sum(t.values(), Decimal("0")) for _, _, _, a, t in refund_lines), Decimal("0"))
         if amount < 0:
             raise WooError(400, "woocommerce_rest_invalid_order_refund", "Refund amount must be greater than zero.")
         remaining = self.order_total(order) - self.refunded_total(order)
         if amount > remaining or (amount == 0 and not refund_lines):
-            raise WooError(500, "woocommerce_rest_cannot_create_order_refund", "Invalid refund amount.")
+            # core answers this one with a bare number as data (recorded: "data": 500)
+            raise WooError(500, "woocommerce_rest_cannot_create_order_refund", "Invalid refund amount.",
+                           bare_status=True)
         if as_bool(data.get("api_refund", True), "api_refund"):
             gateway = order["payment_method"]
             if gateway not in self.settings["refund_gateways"]:
                 message = ("The payment gateway for this order does not support automatic refunds."
                            if gateway in KNOWN_GATEWAYS else "The payment gateway for this order does not exist.")
-                raise WooError(500, "woocommerce_rest_cannot_create_order_refund", message)
+                raise WooError(500, "woocommerce_rest_cannot_create_order_refund", message, bare_status=True)
             refunded_payment = True
         else:
             refunded_payment = False
@@ -796,27 +989,44 @@ class WooStore:
             "id": self._new_id(), "parent_id": order["id"], "created": ts, "modified": ts,
             "amount": fmt_money(amount), "reason": str(data.get("reason") or ""),
             "refunded_by": as_int(data.get("refunded_by", 1), "refunded_by"),
-            "refunded_payment": refunded_payment, "meta_data": [], "line_items": [],
+            "refunded_payment": refunded_payment, "meta_data": [], "line_items": [], "shipping_lines": [],
+            "fee_lines": [], "tax_lines": [],
         }
         if "meta_data" in data:
             self._write_meta(refund["meta_data"], data["meta_data"])
         restock = as_bool(data.get("api_restock", True), "api_restock")
-        for item, qty, line_amount in refund_lines:
-            unit = Decimal(str(item["price"]))
-            refund["line_items"].append({
-                "id": self._new_item_id(), "name": item["name"], "product_id": item["product_id"],
-                "variation_id": item["variation_id"], "quantity": -qty, "subtotal": fmt_money(-line_amount),
-                "total": fmt_money(-line_amount), "sku": item["sku"], "price": float(-unit),
-                "meta_data": [{"id": self._new_meta_id(), "key": "_refunded_item_id", "value": str(item["id"])}],
-            })
-            if restock and qty > 0:
-                self._restock_refunded(order, item, qty)
+        per_rate: dict[int, list[Decimal]] = {}
+        for kind, item, qty, line_amount, taxes in refund_lines:
+            refunded_taxes = [{"id": rid, "total": fmt_money(-t), "subtotal": fmt_money(-t) if kind != "shipping_lines"
+                               else ""} for rid, t in sorted(taxes.items())]
+            for rid, t in taxes.items():
+                per_rate.setdefault(rid, [Decimal("0"), Decimal("0")])[1 if kind == "shipping_lines" else 0] -= t
+            common = {"id": self._new_item_id(), "total": fmt_money(-line_amount),
+                      "total_tax": fmt_money(-sum(taxes.values(), Decimal("0"))), "taxes": refunded_taxes,
+                      "meta_data": [{"id": self._new_meta_id(), "key": "_refunded_item_id", "value": str(item["id"])}]}
+            if kind == "line_items":
+                refund["line_items"].append({
+                    **common, "name": item["name"], "product_id": item["product_id"],
+                    "variation_id": item["variation_id"], "quantity": -qty, "subtotal": fmt_money(-line_amount),
+                    "subtotal_tax": common["total_tax"], "sku": item["sku"], "price": item["price"],
+                })
+                if restock and qty > 0:
+                    self._restock_refunded(order, item, qty)
+            else:
+                refund[kind].append({**common, **{k: item.get(k, "") for k in
+                                                  ("method_title", "method_id", "instance_id", "name")}})
+        rates = {number: rate for number, rate in enumerate(self.settings.get("tax_rates") or [], start=1)}
+        refund["tax_lines"] = [{"id": self._new_item_id(), **tax_line(dict(rates.get(rid, {"rate": 0}), id=rid),
+                                                                      items, ship)}
+                               for rid, (items, ship) in sorted(per_rate.items())]
         self.refunds.add(refund)
         order["refund_ids"].append(refund["id"])
         self.add_note(order, f"Refunded {fmt_money(amount)} {order['currency']}"
                       + (f" &ndash; {refund['reason']}" if refund["reason"] else "") + ".")
-        if self.refunded_total(order) >= self.order_total(order) and order["status"] != "refunded":
+        full = self.refunded_total(order) >= self.order_total(order)
+        if full and order["status"] != "refunded":
             self._transition(order, "refunded")
+        self._email(order, "customer_refunded_order", full=full)
         self.orders.touch(order, ts)
         return refund
 
@@ -826,7 +1036,9 @@ class WooStore:
             return
         back = min(qty, item["reduced_stock"])
         self.change_stock(product, back, self.settings["order_stock_moves_product_modified"])
-        item["reduced_stock"] -= back
+        self._set_reduced(item, item["reduced_stock"] - back)
+        restocked = int(next((m["value"] for m in item["meta_data"] if m["key"] == "_restock_refunded_items"), 0))
+        self.set_meta(item["meta_data"], "_restock_refunded_items", str(restocked + back))
         self.add_note(order, f"Item #{item['id']} stock increased from "
                       f"{product['stock_quantity'] - back} to {product['stock_quantity']}.")
 
@@ -922,6 +1134,54 @@ class WooStore:
          self.next_fulfillment_id) = state.get("counters", [100, 1, 1, 1, 1])
         self.sku_index = {r["sku"]: r["id"] for coll in (self.products, self.variations)
                           for r in coll.records.values() if r["sku"]}
+        self.trashed = sum(1 for coll in (self.products, self.variations)
+                           for r in coll.records.values() if r["status"] == "trash")
+
+
+ADMIN_EMAILS = frozenset({"new_order", "cancelled_order"})
+# (old status, new status) -> e-mails core sends; None as old status means "from any".
+STATUS_EMAILS: dict[tuple[str | None, str], tuple[str, ...]] = {
+    ("pending", "on-hold"): ("new_order", "customer_on_hold_order"),
+    ("failed", "on-hold"): ("new_order", "customer_on_hold_order"),
+    ("cancelled", "on-hold"): ("customer_on_hold_order",),
+    ("pending", "processing"): ("new_order", "customer_processing_order"),
+    ("failed", "processing"): ("new_order", "customer_processing_order"),
+    ("on-hold", "processing"): ("customer_processing_order",),
+    ("cancelled", "processing"): ("customer_processing_order",),
+    ("pending", "completed"): ("new_order",),
+    ("processing", "cancelled"): ("cancelled_order",),
+    ("on-hold", "cancelled"): ("cancelled_order",),
+    (None, "completed"): ("customer_completed_order",),
+}
+
+
+DEFAULT_CATEGORIES = ({"id": 15, "name": "Uncategorized", "slug": "uncategorized"},)
+
+
+def _attribute(posted: dict, position: int, of_variation: bool) -> dict:
+    """A product attribute as core stores a custom one (a variation's names its option)."""
+    name = str(posted.get("name", ""))
+    if of_variation:
+        return {"id": int(posted.get("id") or 0), "name": name, "slug": name.lower().replace(" ", "-"),
+                "option": str(posted.get("option", ""))}
+    return {"id": int(posted.get("id") or 0), "name": name, "slug": name,
+            "position": int(posted.get("position", position)), "visible": bool(posted.get("visible", False)),
+            "variation": bool(posted.get("variation", False)),
+            "options": [str(o) for o in posted.get("options") or []]}
+
+
+def tax_line(rate: dict, items_tax: Decimal, shipping_tax: Decimal) -> dict:
+    """An order's (or refund's) tax line for one rate."""
+    label = str(rate.get("name") or "Tax")
+    return {"rate_code": f"{rate.get('country', '')}-{label}-{rate.get('priority', 1)}".upper(),
+            "rate_id": rate["id"], "label": label, "compound": False, "tax_total": fmt_money(items_tax),
+            "shipping_tax_total": fmt_money(shipping_tax), "rate_percent": _number(money(rate["rate"])),
+            "meta_data": []}
+
+
+def _number(value: Decimal) -> int | float:
+    """A JSON number as PHP encodes a float: 20 for 20.0, 12.5 for 12.5."""
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def tracking_link(entry: dict) -> str:

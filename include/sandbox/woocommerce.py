@@ -35,22 +35,36 @@ from urllib.parse import urlencode
 from include.sandbox.core import ApiError, Request, Response, Route, Service, parse_iso
 from include.sandbox.woo_data import (
     ORDER_STATUSES, PRODUCT_STATUSES, STOCK_STATUSES, Query, WooError, WooStore, as_bool,
-    epoch, fmt_money, invalid_param, money, page_of, select, tracking_link, wp_date,
+    epoch, fmt_money, invalid_param, money, one_of, page_of, select, tracking_link, wp_date,
 )
 
 API = "/wp-json/wc/v3"
 TRACKING_API = "/wp-json/wc-shipment-tracking/v3"
-NO_ROUTE = "No route was found matching the URL and request method"
+NO_ROUTE = "No route was found matching the URL and request method."
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 DEFAULT_SETTINGS: dict[str, Any] = {
     "key_permissions": "read_write",            # read | write | read_write
-    "shipment_tracking_installed": True,
+    "shipment_tracking_installed": False,       # a plugin: a store has it only when a scenario installs it
     "fulfillments_enabled": False,
-    "order_stock_moves_product_modified": False,  # unverified on a live store: pessimistic default
+    "order_stock_moves_product_modified": True,  # recorded on 10.0.2 (woocommerce-real README, 2)
     "batch_limit": 100,
     "currency": "EUR",
     "manage_stock": True,                       # the woocommerce_manage_stock option
     "refund_gateways": [],                      # gateways able to refund money (api_refund=true)
+    # Taxes (woocommerce_calc_taxes, woocommerce_prices_include_tax, woocommerce_tax_based_on, the
+    # store's base country) and rates as POST /taxes takes them: {"country", "rate", "name", "shipping"}.
+    "calc_taxes": False,
+    "prices_include_tax": False,
+    "tax_based_on": "shipping",
+    "base_country": "US",
+    "tax_rates": [],
+    # Transactional e-mails: kept in store.emails, and sent over SMTP to smtp_host:smtp_port when set.
+    "emails_enabled": True,
+    "admin_email": "admin@store.sandbox",
+    "email_from": "shop@store.sandbox",
+    "site_title": "Sandbox Store",
+    "smtp_host": "127.0.0.1",
+    "smtp_port": None,
 }
 PRODUCT_ORDERBY = ["date", "id", "include", "title", "slug", "modified", "price", "popularity", "rating",
                    "menu_order"]
@@ -81,6 +95,7 @@ class WooService(Service):
         self.version = "9.8.0"
         self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
         self.store = WooStore(sandbox.now, self.settings)
+        self.store.mailer = self._send_mail
         self._register_routes()
         self._admin = self._build_admin_routes()
 
@@ -88,6 +103,46 @@ class WooService(Service):
         return f"WooService(version={self.version!r}, products={len(self.store.products)})"
 
     # Routes ------------------------------------------------------------------
+    def add_route(self, method: str, template: str, operation: str, handler: Callable[[Request], Response]) -> None:
+        super().add_route(method, template, operation, self._wordpress(template, handler))
+
+    def _wordpress(self, template: str, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """What the WordPress REST server adds to every answer: ``Link`` to the API root, ``Allow``
+        with the route's methods, ``_fields`` on any JSON answer, and its JSON content type."""
+        def serve(request: Request) -> Response:
+            try:
+                response = handler(request)
+            except ApiError as error:
+                response = self.render_error(error)
+            fields = request.args("_fields")
+            if fields and response.status < 400 and isinstance(response.body, dict):
+                response.body = filter_fields(response.body, fields)
+            allowed = [] if response.body and isinstance(response.body, dict) and \
+                response.body.get("code") == "rest_no_route" else \
+                [r.method for r in self.routes if r.template == template and r.method != "HEAD"]
+            if response.content_type == "application/json":
+                response.content_type = "application/json; charset=UTF-8"
+            response.headers.setdefault("Link", f'<{self._base(request)}/wp-json/>; rel="https://api.w.org/"')
+            if allowed:
+                response.headers["Allow"] = ", ".join(dict.fromkeys(allowed))
+            return response
+        return serve
+
+    def _send_mail(self, message: dict) -> None:
+        """Deliver a store e-mail to the configured SMTP server (a test's sink), as wp_mail would."""
+        port = self.settings.get("smtp_port")
+        if not port:
+            return
+        import smtplib
+        from email.message import EmailMessage
+
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = message["from"], message["to"], message["subject"]
+        mail["X-WC-Email"] = message["template"]
+        mail.set_content(message["body"])
+        with smtplib.SMTP(str(self.settings.get("smtp_host") or "127.0.0.1"), int(port), timeout=5) as smtp:
+            smtp.send_message(mail)
+
     def _register_routes(self) -> None:
         r = self.add_route
         r("GET", "/wp-json", "woo.root", self._root)
@@ -186,8 +241,12 @@ class WooService(Service):
         code = error.code or ("rest_too_many_requests" if error.status == 429 else
                               "internal_server_error" if error.status >= 500 else "rest_error")
         message = NO_ROUTE if code == "rest_no_route" else error.message
-        data = {"status": error.status, **getattr(error, "data", {})}
-        return Response(error.status, {"code": code, "message": message, "data": data})
+        if getattr(error, "bare_status", False):
+            data: Any = error.status
+        else:
+            data = {"status": error.status, **getattr(error, "data", {})}
+        return Response(error.status, {"code": code, "message": message, "data": data},
+                        content_type="application/json; charset=UTF-8")
 
     def _require(self, operation: str) -> None:
         if not self._available(operation):
@@ -243,13 +302,12 @@ class WooService(Service):
         candidates = None
         if skus:  # with sku the query also covers variations, as core does
             candidates = [r for r in (store.by_sku(s) for s in dict.fromkeys(skus)) if r is not None]
-        predicate = product_predicate(request, with_type_filter=True)
+        predicate = product_predicate(request, with_type_filter=True, trashed=bool(store.trashed))
         items = select(store.products, query, candidates, predicate, PRODUCT_SORT_KEYS)
         return self._collection_response(request, items, query, self.render_product)
 
     def _products_create(self, request: Request) -> Response:
-        record = self.store.create_product(body_of(request))
-        return Response(201, self.render_product(record, request))
+        return Response(201, self._render_edited_product(self.store.create_product(body_of(request)), request))
 
     def _products_get(self, request: Request) -> Response:
         return Response(200, self.render_product(self._product_or_variation(request), request))
@@ -261,8 +319,9 @@ class WooService(Service):
     def _products_delete(self, request: Request) -> Response:
         record = self._product_or_variation(request)
         if not as_bool(request.arg("force", "false"), "force"):
-            raise WooError(501, "woocommerce_rest_trash_not_supported",
-                           "Resource does not support trashing.")
+            if record["kind"] == "variation":  # variations cannot be trashed (core answers 501)
+                raise WooError(501, "woocommerce_rest_trash_not_supported", "Resource does not support trashing.")
+            return Response(200, self.render_product(self.store.trash_item(record), request))
         rendered = self.render_product(record, request)
         self.store.delete_item(record)
         return Response(200, rendered)
@@ -283,7 +342,13 @@ class WooService(Service):
             return record
 
         return self._batch(request, create=store.create_product, get=get, update=store.update_item,
-                           delete=store.delete_item, render=self.render_product)
+                           delete=store.delete_item, render=self._render_edited_product)
+
+    def _render_edited_product(self, record: dict, request: Request | None = None) -> dict:
+        """A product as a write answers it: the edit context adds the permalink template and slug."""
+        body = self.render_product(record, request)
+        body.update(permalink_template=f"{self._base(request)}/product/%pagename%/", generated_slug=body["slug"])
+        return body
 
     # Variations --------------------------------------------------------------------
     def _parent(self, request: Request) -> dict:
@@ -296,15 +361,15 @@ class WooService(Service):
         parent = self._parent(request)
         query = parse_query(request, PRODUCT_ORDERBY)
         candidates = [self.store.variations.records[i] for i in parent["variations"]]
-        items = select(self.store.variations, query, candidates, product_predicate(request, False),
-                       PRODUCT_SORT_KEYS)
+        items = select(self.store.variations, query, candidates,
+                       product_predicate(request, False, bool(self.store.trashed)), PRODUCT_SORT_KEYS)
         return self._collection_response(request, items, query, self.render_variation)
 
     def _variations_all(self, request: Request) -> Response:
         self._require("woo.variations.all")
         query = parse_query(request, PRODUCT_ORDERBY)
         parents = {int(p) for p in request.args("parent")}
-        predicate = product_predicate(request, False)
+        predicate = product_predicate(request, False, bool(self.store.trashed))
         if parents:
             base = predicate
             predicate = lambda r: r["parent_id"] in parents and (base is None or base(r))  # noqa: E731
@@ -395,7 +460,7 @@ class WooService(Service):
         statuses = request.args("status") or ["any"]
         for status in statuses:
             if status not in ORDER_STATUSES + ("any",):
-                raise invalid_param("status", f"status[0] is not one of {', '.join(ORDER_STATUSES + ('any',))}.")
+                raise invalid_param("status", one_of("status[0]", ORDER_STATUSES + ("any",)))
         wanted = None if "any" in statuses else set(statuses)
         search = (request.arg("search") or "").lower()
         customer = request.arg("customer")
@@ -459,7 +524,7 @@ class WooService(Service):
         body = body_of(request)
         if not body.get("note"):
             raise WooError(400, "woocommerce_rest_missing_note", "Cannot create order note, please provide a note.")
-        author = "admin" if as_bool(body.get("added_by_user", False), "added_by_user") else "system"
+        author = "admin" if as_bool(body.get("added_by_user", False), "added_by_user") else "WooCommerce"
         note = self.store.add_note(order, str(body["note"]),
                                    as_bool(body.get("customer_note", False), "customer_note"), author)
         return Response(201, self.render_note(order, note, request))
@@ -487,7 +552,8 @@ class WooService(Service):
         predicate = (lambda r: r["parent_id"] in parents) if parents else None
         items = select(self.store.refunds, query, None, predicate)
         return self._collection_response(
-            request, items, query, lambda r, req: {**self.render_refund(r, req), "parent_id": r["parent_id"]})
+            request, items, query, lambda r, req: {"id": r["id"], "parent_id": r["parent_id"],
+                                                   **self.render_refund(r, req)})
 
     def _refunds_create(self, request: Request) -> Response:
         order = self.store.order(int(request.path_params["order_id"]))
@@ -539,8 +605,8 @@ class WooService(Service):
         body = [filter_fields(render(r, request), fields) for r in page]
         headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
         links = []
-        params = {k: v[-1] for k, v in request.query.items()
-                  if k not in ("page", "consumer_key", "consumer_secret")}
+        # WordPress keeps the request's parameters in their order, page in its place (else last)
+        params = {k: v[-1] for k, v in request.query.items() if k not in ("consumer_key", "consumer_secret")}
         url = self._base(request) + request.path
         if query.page > 1:
             links.append(f'<{url}?{urlencode({**params, "page": min(query.page - 1, max(pages, 1))})}>; rel="prev"')
@@ -573,7 +639,11 @@ class WooService(Service):
             if children and not record["manage_stock"]:
                 states = {c["stock_status"] for c in children}
                 status = next(s for s in ("instock", "onbackorder", "outofstock") if s in states)
-        managed, backorders = record["manage_stock"], record["backorders"]
+        managed, backorders, quantity = record["manage_stock"], record["backorders"], record["stock_quantity"]
+        owner = self.store.stock_owner(record)
+        if owner is not record:  # stock managed by the parent: its pool shows through
+            managed, backorders, quantity, status = "parent", owner["backorders"], owner["stock_quantity"], \
+                owner["stock_status"]
         return {
             "date_created": created, "date_created_gmt": created, "date_modified": modified,
             "date_modified_gmt": modified, "description": extra.get("description", ""), "sku": record["sku"],
@@ -584,9 +654,9 @@ class WooService(Service):
             "downloadable": extra.get("downloadable", False), "downloads": [], "download_limit": -1,
             "download_expiry": -1, "tax_status": extra.get("tax_status", "taxable"),
             "tax_class": extra.get("tax_class", ""), "manage_stock": managed,
-            "stock_quantity": record["stock_quantity"], "stock_status": status, "backorders": backorders,
+            "stock_quantity": quantity, "stock_status": status, "backorders": backorders,
             "backorders_allowed": backorders != "no",
-            "backordered": bool(managed and backorders != "no" and (record["stock_quantity"] or 0) < 0),
+            "backordered": bool(managed and backorders != "no" and (quantity or 0) < 0),
             "low_stock_amount": extra.get("low_stock_amount"), "weight": extra.get("weight", ""),
             "dimensions": extra.get("dimensions") or {"length": "", "width": "", "height": ""},
             "shipping_class": extra.get("shipping_class", ""), "shipping_class_id": 0,
@@ -601,8 +671,9 @@ class WooService(Service):
         slug = extra.get("slug") or "-".join(name.lower().split()) or str(record["id"])
         common = self._fields_of(record)
         price = common["price"]
-        links = {"self": [{"href": f"{base}{API}/products/{record['id']}"}],
+        links = {"self": [_self(f"{base}{API}/products/{record['id']}", "GET, POST, PUT, PATCH, DELETE")],
                  "collection": [{"href": f"{base}{API}/products"}]}
+        variation = record["kind"] == "variation"
         if record["parent_id"]:
             links["up"] = [{"href": f"{base}{API}/products/{record['parent_id']}"}]
         return {
@@ -614,25 +685,30 @@ class WooService(Service):
             "description": common["description"], "short_description": extra.get("short_description", ""),
             **common,
             "price_html": f'<span class="woocommerce-Price-amount amount">{price}</span>' if price else "",
-            "total_sales": record["total_sales"], "external_url": "", "button_text": "",
+            # a variation read through /products is a post of its own kind: meta comes back as strings
+            "total_sales": str(record["total_sales"]) if variation else record["total_sales"],
+            "external_url": "", "button_text": "",
             "sold_individually": False, "shipping_required": not extra.get("virtual", False),
-            "shipping_taxable": True, "reviews_allowed": True, "average_rating": "0.00", "rating_count": 0,
+            "shipping_taxable": True, "reviews_allowed": not variation, "average_rating": "0", "rating_count": 0,
             "related_ids": [], "upsell_ids": [], "cross_sell_ids": [], "parent_id": record["parent_id"],
-            "purchase_note": "", "categories": list(record["categories"]), "tags": list(record["tags"]),
+            "purchase_note": "", "categories": list(record["categories"]), "brands": [], "tags": list(record["tags"]),
             "images": extra.get("images", []), "attributes": list(record["attributes"]),
             "default_attributes": list(record["default_attributes"]), "variations": list(record["variations"]),
-            "grouped_products": [], "_links": links,
+            "grouped_products": [], "has_options": record["type"] == "variable", "post_password": "",
+            "_links": links,
         }
 
     def render_variation(self, record: dict, request: Request | None = None) -> dict:
         """A variation in the variations-endpoint shape (with ``parent_id``, as 10.3+ answers)."""
         base = self._base(request)
         parent_id = record["parent_id"]
-        return {"id": record["id"], "name": self.store._display_name(record), "type": "variation",
+        options = ", ".join(str(a.get("option", "")) for a in record["attributes"])
+        return {"id": record["id"], "name": options or self.store._display_name(record), "type": "variation",
                 "parent_id": parent_id, **self._fields_of(record),
                 "permalink": f"{base}/product/{parent_id}/?variation={record['id']}",
                 "image": record["extra"].get("image"), "attributes": list(record["attributes"]),
-                "_links": {"self": [{"href": f"{base}{API}/products/{parent_id}/variations/{record['id']}"}],
+                "_links": {"self": [_self(f"{base}{API}/products/{parent_id}/variations/{record['id']}",
+                                          "GET, POST, PUT, PATCH, DELETE")],
                            "collection": [{"href": f"{base}{API}/products/{parent_id}/variations"}],
                            "up": [{"href": f"{base}{API}/products/{parent_id}"}]}}
 
@@ -642,6 +718,9 @@ class WooService(Service):
         created, modified = wp_date(record["created"]), wp_date(record["modified"])
         paid, completed = wp_date(record["date_paid"]), wp_date(record["date_completed"])
         shipping_total = sum((money(s["total"]) for s in record["shipping_lines"]), Decimal("0"))
+        shipping_tax = sum((money(s.get("total_tax")) for s in record["shipping_lines"]), Decimal("0"))
+        cart_tax = sum((money(li.get("total_tax")) for li in record["line_items"] + record["fee_lines"]),
+                       Decimal("0"))
         meta = [dict(m) for m in record["meta_data"]]
         if request is not None:
             include, exclude = request.args("include_meta"), request.args("exclude_meta")
@@ -657,23 +736,19 @@ class WooService(Service):
             "status": record["status"], "currency": record["currency"], "date_created": created,
             "date_created_gmt": created, "date_modified": modified, "date_modified_gmt": modified,
             "discount_total": "0.00", "discount_tax": "0.00", "shipping_total": fmt_money(shipping_total),
-            "shipping_tax": "0.00", "cart_tax": "0.00", "total": fmt_money(store.order_total(record)),
-            "total_tax": "0.00", "prices_include_tax": False, "customer_id": record["customer_id"],
+            "shipping_tax": fmt_money(shipping_tax), "cart_tax": fmt_money(cart_tax),
+            "total": fmt_money(store.order_total(record)),
+            "total_tax": fmt_money(cart_tax + shipping_tax), "prices_include_tax": record.get("prices_include_tax", False),
+            "customer_id": record["customer_id"],
             "customer_ip_address": "", "customer_user_agent": "", "customer_note": record["customer_note"],
             "billing": dict(record["billing"]), "shipping": dict(record["shipping"]),
             "payment_method": record["payment_method"], "payment_method_title": record["payment_method_title"],
             "transaction_id": record["transaction_id"], "date_paid": paid, "date_paid_gmt": paid,
             "date_completed": completed, "date_completed_gmt": completed, "cart_hash": "", "meta_data": meta,
             "line_items": [render_line_item(li, store) for li in record["line_items"]],
-            "tax_lines": [],
-            "shipping_lines": [{"id": s["id"], "method_title": s.get("method_title", ""),
-                                "method_id": s.get("method_id", ""), "instance_id": str(s.get("instance_id", "")),
-                                "total": s["total"], "total_tax": "0.00", "taxes": [],
-                                "meta_data": s["meta_data"]} for s in record["shipping_lines"]],
-            "fee_lines": [{"id": f["id"], "name": f.get("name", ""), "tax_class": f.get("tax_class", ""),
-                           "tax_status": f.get("tax_status", "taxable"), "amount": f["total"], "total": f["total"],
-                           "total_tax": "0.00", "taxes": [], "meta_data": f["meta_data"]}
-                          for f in record["fee_lines"]],
+            "tax_lines": [dict(t) for t in record.get("tax_lines", [])],
+            "shipping_lines": [render_shipping_line(s) for s in record["shipping_lines"]],
+            "fee_lines": [render_fee_line(f) for f in record["fee_lines"]],
             "coupon_lines": [],
             "refunds": [{"id": r["id"], "reason": r["reason"], "total": fmt_money(-money(r["amount"]))}
                         for r in refunds],
@@ -681,16 +756,20 @@ class WooService(Service):
             "is_editable": record["status"] in ("pending", "on-hold", "auto-draft", "checkout-draft"),
             "needs_payment": needs_payment,
             "needs_processing": True,
-            "_links": {"self": [{"href": f"{base}{API}/orders/{record['id']}"}],
-                       "collection": [{"href": f"{base}{API}/orders"}]},
+            "currency_symbol": CURRENCY_SYMBOLS.get(record["currency"], record["currency"]),
+            "_links": {"self": [_self(f"{base}{API}/orders/{record['id']}", "GET, POST, PUT, PATCH, DELETE")],
+                       "collection": [{"href": f"{base}{API}/orders"}],
+                       "email_templates": [{"embeddable": True,
+                                            "href": f"{base}{API}/orders/{record['id']}/actions/email_templates"}]},
         }
 
     def render_note(self, order: dict, note: dict, request: Request | None = None) -> dict:
         base = self._base(request)
         created = wp_date(note["created"])
-        return {"id": note["id"], "author": note["author"], "date_created": created, "date_created_gmt": created,
+        author = "WooCommerce" if note["author"] == "system" else note["author"]
+        return {"id": note["id"], "author": author, "date_created": created, "date_created_gmt": created,
                 "note": note["note"], "customer_note": note["customer_note"],
-                "_links": {"self": [{"href": f"{base}{API}/orders/{order['id']}/notes/{note['id']}"}],
+                "_links": {"self": [_self(f"{base}{API}/orders/{order['id']}/notes/{note['id']}", "GET, DELETE")],
                            "collection": [{"href": f"{base}{API}/orders/{order['id']}/notes"}],
                            "up": [{"href": f"{base}{API}/orders/{order['id']}"}]}}
 
@@ -701,9 +780,11 @@ class WooService(Service):
         return {"id": refund["id"], "date_created": created, "date_created_gmt": created,
                 "amount": refund["amount"], "reason": refund["reason"], "refunded_by": refund["refunded_by"],
                 "refunded_payment": refund["refunded_payment"], "meta_data": [dict(m) for m in refund["meta_data"]],
-                "line_items": [{**li, "tax_class": "", "subtotal_tax": "0.00", "total_tax": "0.00", "taxes": []}
-                               for li in refund["line_items"]],
-                "_links": {"self": [{"href": f"{base}{API}/orders/{oid}/refunds/{refund['id']}"}],
+                "line_items": [render_line_item(li, self.store) for li in refund["line_items"]],
+                "shipping_lines": [render_shipping_line(s) for s in refund.get("shipping_lines", [])],
+                "tax_lines": [dict(t) for t in refund.get("tax_lines", [])],
+                "fee_lines": [render_fee_line(f) for f in refund.get("fee_lines", [])],
+                "_links": {"self": [_self(f"{base}{API}/orders/{oid}/refunds/{refund['id']}", "GET, DELETE")],
                            "collection": [{"href": f"{base}{API}/orders/{oid}/refunds"}],
                            "up": [{"href": f"{base}{API}/orders/{oid}"}]}}
 
@@ -744,7 +825,10 @@ class WooService(Service):
                 count += 1
         return count
 
-    def add_variable_product(self, name: str, variations: list[dict], sku: str | None = None) -> dict:
+    def add_variable_product(self, name: str, variations: list[dict], sku: str | None = None,
+                             stock_quantity: int | None = None) -> dict:
+        """A variable product; with ``stock_quantity`` the parent manages one stock pool that
+        variations without a quantity of their own share (``manage_stock: "parent"``)."""
         with self.sandbox.lock:
             options: dict[str, list[str]] = {}
             for variation in variations:
@@ -758,7 +842,9 @@ class WooService(Service):
                 if variation["sku"] in self.store.sku_index:
                     raise WooError(400, "product_invalid_sku", "Invalid or duplicated SKU.")
             parent = self.store.create_product({"type": "variable", "name": name, "sku": sku or "",
-                                                "attributes": attributes})
+                                                "attributes": attributes,
+                                                **({"manage_stock": True, "stock_quantity": stock_quantity}
+                                                   if stock_quantity is not None else {})})
             for variation in variations:
                 quantity = variation.get("stock_quantity")
                 self.store.create_variation(parent, {
@@ -886,7 +972,8 @@ class WooService(Service):
     def _admin_add_product(self, request: Request) -> Response:
         body = dict(request.json() or {})
         if body.pop("type", "simple") == "variable":
-            return Response(201, self.add_variable_product(body["name"], body["variations"], body.get("sku")))
+            return Response(201, self.add_variable_product(body["name"], body["variations"], body.get("sku"),
+                                                           body.get("stock_quantity")))
         sku, price = body.pop("sku"), body.pop("price")
         return Response(201, self.add_simple_product(sku, price, body.pop("stock_quantity", None), **body))
 
@@ -1019,10 +1106,10 @@ def parse_query(request: Request, orderby_allowed: list[str]) -> Query:
     """The CRUD controller's collection params, validated like the WordPress schema."""
     order = request.arg("order", "desc")
     if order not in ("asc", "desc"):
-        raise invalid_param("order", "order is not one of asc, desc.")
+        raise invalid_param("order", one_of("order", ("asc", "desc")))
     orderby = request.arg("orderby", "date")
     if orderby not in orderby_allowed:
-        raise invalid_param("orderby", f"orderby is not one of {', '.join(orderby_allowed)}.")
+        raise invalid_param("orderby", one_of("orderby", orderby_allowed))
     as_bool(request.arg("dates_are_gmt", "false"), "dates_are_gmt")  # site timezone is UTC: same result
     include = request.args("include")
     exclude = request.args("exclude")
@@ -1046,23 +1133,25 @@ def parse_query(request: Request, orderby_allowed: list[str]) -> Query:
     )
 
 
-def product_predicate(request: Request, with_type_filter: bool) -> Callable[[dict], bool] | None:
+def product_predicate(request: Request, with_type_filter: bool, trashed: bool = False) -> Callable[[dict], bool] | None:
     """Linear filters (status, type, stock_status, search, ...) — only built when asked for."""
     checks: list[Callable[[dict], bool]] = []
     status = request.arg("status")
     if status and status != "any":
         if status not in PRODUCT_STATUSES + ("trash",):
-            raise invalid_param("status", f"status is not one of any, {', '.join(PRODUCT_STATUSES)}, trash.")
+            raise invalid_param("status", one_of("status", ("any",) + PRODUCT_STATUSES + ("trash",)))
         checks.append(lambda r: r["status"] == status)
+    elif trashed:  # "any" leaves the trash out
+        checks.append(lambda r: r["status"] != "trash")
     ptype = request.arg("type")
     if with_type_filter and ptype:
         if ptype not in ("simple", "grouped", "external", "variable"):
-            raise invalid_param("type", "type is not one of simple, grouped, external, variable.")
+            raise invalid_param("type", one_of("type", ("simple", "grouped", "external", "variable")))
         checks.append(lambda r: r["type"] == ptype)
     stock_status = request.arg("stock_status")
     if stock_status:
         if stock_status not in STOCK_STATUSES:
-            raise invalid_param("stock_status", f"stock_status is not one of {', '.join(STOCK_STATUSES)}.")
+            raise invalid_param("stock_status", one_of("stock_status", STOCK_STATUSES))
         checks.append(lambda r: r["stock_status"] == stock_status)
     skus = request.args("sku")
     if skus and not with_type_filter:
@@ -1096,12 +1185,47 @@ def _order_matches(record: dict, term: str) -> bool:
     return any(term in str(v).lower() for v in list(record["billing"].values()) + list(record["shipping"].values()))
 
 
+CURRENCY_SYMBOLS = {"EUR": "\u20ac", "USD": "$", "GBP": "\u00a3", "CHF": "CHF", "SEK": "kr", "PLN": "z\u0142"}
+
+
+def _self(href: str, allow: str) -> dict:
+    return {"href": href, "targetHints": {"allow": allow.split(", ")}}
+
+
+def render_meta(meta: list[dict]) -> list[dict]:
+    """Order item meta as core shows it: with ``display_key`` (an attribute's label) and ``display_value``."""
+    return [{"id": m["id"], "key": m["key"], "value": m["value"], "display_key": m.get("display_key", m["key"]),
+             "display_value": m["value"] if isinstance(m["value"], str) else m["value"]} for m in meta]
+
+
+def render_shipping_line(line: dict) -> dict:
+    return {"id": line["id"], "method_title": line.get("method_title", ""), "method_id": line.get("method_id", ""),
+            "instance_id": str(line.get("instance_id", "")), "total": line["total"],
+            "total_tax": line.get("total_tax", "0.00"), "taxes": [dict(t) for t in line.get("taxes", [])],
+            "tax_status": line.get("tax_status", "taxable"), "meta_data": render_meta(line["meta_data"])}
+
+
+def render_fee_line(fee: dict) -> dict:
+    return {"id": fee["id"], "name": fee.get("name", ""), "tax_class": fee.get("tax_class", ""),
+            "tax_status": fee.get("tax_status", "taxable"), "amount": fee["total"], "total": fee["total"],
+            "total_tax": fee.get("total_tax", "0.00"), "taxes": [dict(t) for t in fee.get("taxes", [])],
+            "meta_data": render_meta(fee["meta_data"])}
+
+
+def _price_number(value: Any) -> int | float:
+    number = float(value or 0)
+    return int(number) if number.is_integer() else number
+
+
 def render_line_item(item: dict, store: WooStore) -> dict:
     body = {"id": item["id"], "name": item["name"], "product_id": item["product_id"],
             "variation_id": item["variation_id"], "quantity": item["quantity"], "tax_class": "",
-            "subtotal": item["subtotal"], "subtotal_tax": "0.00", "total": item["total"], "total_tax": "0.00",
-            "taxes": [], "meta_data": [dict(m) for m in item["meta_data"]], "sku": item["sku"],
-            "price": item["price"], "image": {"id": "", "src": ""}, "parent_name": None}
+            "subtotal": item["subtotal"], "subtotal_tax": item.get("subtotal_tax", "0.00"), "total": item["total"],
+            "total_tax": item.get("total_tax", "0.00"), "taxes": [dict(t) for t in item.get("taxes", [])],
+            "meta_data": render_meta(item["meta_data"]), "sku": item["sku"] if item["product_id"] else None,
+            "price": _price_number(item["price"]),
+            "image": {"id": "" if item["product_id"] and not item["variation_id"] else 0, "src": ""},
+            "parent_name": None}
     if item["variation_id"]:
         parent = store.products.get(item["product_id"])
         body["parent_name"] = parent["name"] if parent else None

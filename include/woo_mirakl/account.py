@@ -25,6 +25,7 @@ from include.woo_mirakl.clients.http import (
 )
 from include.woo_mirakl.clients.mirakl import MiraklClient, StockLine
 from include.woo_mirakl.clients.mirakl_models import Offer
+from include.woo_mirakl.clients.oauth import ReconnectRequired
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient, parse_version
 
 FLOW = "mirakl_account"
@@ -129,6 +130,12 @@ def verify_mirakl(
         ]
     try:
         offers = client.offers_count()
+    except ReconnectRequired as error:  # OAuth: the authorization cannot be renewed any more
+        return [
+            _skipped("mirakl.host", host_title, "no access token could be obtained"),
+            Check("mirakl.auth", "Mirakl authentication", FAILED, str(error)),
+            _skipped("mirakl.shop", shop_title, "no access token could be obtained"),
+        ]
     except TransportError as error:
         return [
             Check("mirakl.host", host_title, FAILED, f"{where} does not answer ({_reason(error)})"),
@@ -146,9 +153,22 @@ def verify_mirakl(
     checks = [
         Check("mirakl.host", host_title, OK, f"{where} answers"),
         Check("mirakl.key", key_title, OK, f"accepted ({offers} offers in the shop)", {"offers": offers}),
+        _auth_check(client),
     ]
     checks.append(_verify_shop(client, ledger=ledger, marketplace=marketplace, scope=budget_scope, now=now))
     return checks
+
+
+def _auth_check(client: MiraklClient) -> Check:
+    """How the integration signs in to Mirakl, and until when its access token is valid."""
+    provider = client.token_provider
+    if provider is None:
+        return Check("mirakl.auth", "Mirakl authentication", OK, "shop API key", {"auth_mode": "api_key"})
+    expires = provider.expires_at
+    return Check("mirakl.auth", "Mirakl authentication", OK,
+                 f"Mirakl's authentication system ({provider.grant.replace('_', ' ')}); the access token is valid "
+                 f"until {expires:%Y-%m-%d %H:%M} UTC and renews itself",
+                 {"auth_mode": f"oauth_{provider.grant}", "token_expires_at": expires.isoformat()})
 
 
 def _reason(error: ClientError) -> str:

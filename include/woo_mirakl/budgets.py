@@ -11,11 +11,11 @@ budget holds across processes and Celery workers of one marketplace.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import yaml
 
@@ -42,6 +42,7 @@ class OperationLimit:
     variants: dict[str, tuple[Window, ...]] = field(default_factory=dict)
     pages_free: bool = False
     published: str = ""
+    personas: dict[str, tuple[tuple[Window, ...], dict[str, tuple[Window, ...]]]] = field(default_factory=dict)
 
 
 class CallLimits:
@@ -53,19 +54,45 @@ class CallLimits:
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_LIMITS_FILE) -> "CallLimits":
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        def windows(raw: Any) -> tuple[Window, ...]:
+            return tuple((int(c), float(s)) for c, s in raw or [])
+
         operations = {}
         for code, entry in (data.get("operations") or {}).items():
             operations[code] = OperationLimit(
                 operation=code,
-                windows=tuple((int(c), float(s)) for c, s in entry.get("limits") or []),
-                variants={
-                    name: tuple((int(c), float(s)) for c, s in windows or [])
-                    for name, windows in (entry.get("variants") or {}).items()
-                },
+                windows=windows(entry.get("limits")),
+                variants={name: windows(w) for name, w in (entry.get("variants") or {}).items()},
                 pages_free=bool(entry.get("pages_free", False)),
                 published=entry.get("published", ""),
+                personas={
+                    persona: (windows(p.get("limits")), {n: windows(w) for n, w in (p.get("variants") or {}).items()})
+                    for persona, p in (entry.get("personas") or {}).items()
+                },
             )
         return cls(operations)
+
+    def adapted(self, persona: str | None = None, pages_free: Mapping[str, bool] | None = None) -> "CallLimits":
+        """These limits as one marketplace reads them.
+
+        ``persona``: the spec publishes other maxima for some users (OR11: every 15 minutes for an
+        "External Partner"); operations without that persona keep the default. ``pages_free``: per
+        operation, whether only a listing's first page counts against its ceiling; the spec does
+        not say for OR11, so the default reading counts every page.
+        """
+        operations = dict(self._operations)
+        if persona and persona != "default":
+            known = {p for limit in operations.values() for p in limit.personas}
+            if persona not in known:
+                raise ValueError(f"no operation publishes a maximum for persona {persona!r} (known: {sorted(known)})")
+            for code, limit in operations.items():
+                if persona in limit.personas:
+                    windows, variants = limit.personas[persona]
+                    operations[code] = replace(limit, windows=windows, variants=variants)
+        for code, free in (pages_free or {}).items():
+            if code in operations:
+                operations[code] = replace(operations[code], pages_free=bool(free))
+        return CallLimits(operations)
 
     def get(self, operation: str) -> OperationLimit | None:
         return self._operations.get(operation)
@@ -87,6 +114,11 @@ class CallLimits:
 
     def __contains__(self, operation: str) -> bool:
         return operation in self._operations
+
+
+def marketplace_limits(persona: str = "default", each_page_counts: bool = True) -> CallLimits:
+    """The published limits as one marketplace's ``order_listing`` setting reads them."""
+    return default_limits().adapted(persona, {"OR11": not each_page_counts})
 
 
 @lru_cache(maxsize=1)

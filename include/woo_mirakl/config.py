@@ -46,6 +46,42 @@ class OrderPolicy:
     refuse_short_stock: bool = True
 
 
+@dataclass(frozen=True)
+class OrderListing:
+    """How Mirakl counts this marketplace's OR11 listings against their ceiling.
+
+    ``persona``: ``default`` (once a minute) or ``external_partner`` (every 15 minutes), as the
+    spec publishes them. ``each_page_counts``: the spec does not say whether every page of one
+    listing counts as a call; the safe reading (it does) is the default.
+    """
+
+    persona: str = "default"
+    each_page_counts: bool = True
+
+
+ORDER_LISTING_PERSONAS = ("default", "external_partner")
+
+
+REVIEW_TIMEOUT_DEFAULTS = ("refuse", "accept", "leave")
+
+
+@dataclass(frozen=True)
+class HumanReview:
+    """Which orders wait for a person's decision in Airflow, and what happens when nobody answers.
+
+    An order needs a person when ``order_policy.accept_orders`` is false, or when one of the rules
+    set here matches; the decision is due ``decide_before_minutes`` before Mirakl's acceptance
+    deadline, after which ``timeout_default`` applies (refuse, accept, or leave it to Mirakl).
+    """
+
+    in_airflow: bool = True  # false: such orders stay for Mirakl's back office, as before
+    price_below_woo_share: Decimal | None = None  # e.g. 0.10: a unit price more than 10 % under WooCommerce's
+    backorder_short_lines: bool = False  # a line short of stock whose product allows backorders
+    order_total_above: Decimal | None = None  # the order's total price (in its currency)
+    timeout_default: str = "refuse"
+    decide_before_minutes: float = 10.0
+
+
 PRODUCT_ID_SOURCES = ("global_unique_id", "meta", "shop_sku")
 RETIRE_POLICIES = ("delete", "zero")
 
@@ -101,6 +137,11 @@ class Marketplace:
     commission_tolerance: Decimal = Decimal("0.01")
     schedules: dict[str, str] = field(default_factory=dict)
     catalogue: CataloguePolicy = field(default_factory=CataloguePolicy)
+    human_review: HumanReview = field(default_factory=HumanReview)
+    # Marketplaces forbid contacting their customers: their e-mail goes to order meta, not to
+    # billing.email (where WooCommerce sends its customer e-mails), unless this is true.
+    customer_email_in_billing: bool = False
+    order_listing: OrderListing = field(default_factory=OrderListing)
 
     def schedule(self, flow: str, default: str | None) -> str | None:
         return self.schedules.get(flow, default)
@@ -167,7 +208,67 @@ def _marketplace(entry: dict[str, Any], path: Path) -> Marketplace:
         commission_tolerance=Decimal(str(entry.get("commission_tolerance", "0.01"))),
         schedules=dict(entry.get("schedules") or {}),
         catalogue=_catalogue(entry.get("catalogue"), name, path),
+        human_review=_human_review(entry.get("human_review"), name, path),
+        customer_email_in_billing=_email_in_billing(entry.get("customer_contact"), name, path),
+        order_listing=_order_listing(entry.get("order_listing"), name, path),
     )
+
+
+def _human_review(entry: Any, name: str, path: Path) -> HumanReview:
+    if entry is None:
+        return HumanReview()
+    where = f"{path}: marketplace {name!r} human_review"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(entry) - {f.name for f in HumanReview.__dataclass_fields__.values()})
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}")
+
+    def share_or_amount(key: str, upper: Decimal | None) -> Decimal | None:
+        value = entry.get(key)
+        if value in (None, ""):
+            return None
+        number = Decimal(str(value))
+        if number < 0 or (upper is not None and number > upper):
+            raise ConfigError(f"{where}.{key} must be between 0 and {upper}" if upper else f"{where}.{key} must be >= 0")
+        return number
+
+    default = str(entry.get("timeout_default", "refuse"))
+    if default not in REVIEW_TIMEOUT_DEFAULTS:
+        raise ConfigError(f"{where}.timeout_default {default!r} must be one of {list(REVIEW_TIMEOUT_DEFAULTS)}")
+    margin = float(entry.get("decide_before_minutes", 10))
+    if margin < 0:
+        raise ConfigError(f"{where}.decide_before_minutes must be 0 or more")
+    return HumanReview(
+        in_airflow=bool(entry.get("in_airflow", True)),
+        price_below_woo_share=share_or_amount("price_below_woo_share", Decimal("1")),
+        backorder_short_lines=bool(entry.get("backorder_short_lines", False)),
+        order_total_above=share_or_amount("order_total_above", None),
+        timeout_default=default,
+        decide_before_minutes=margin,
+    )
+
+
+def _email_in_billing(entry: Any, name: str, path: Path) -> bool:
+    contact = entry or {}
+    if not isinstance(contact, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact must be a mapping")
+    where = contact.get("email", "order_meta")
+    if where not in ("order_meta", "billing"):
+        raise ConfigError(f"{path}: marketplace {name!r} customer_contact.email {where!r} must be order_meta or billing")
+    return where == "billing"
+
+
+def _order_listing(entry: Any, name: str, path: Path) -> OrderListing:
+    if entry is None:
+        return OrderListing()
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: marketplace {name!r} order_listing must be a mapping")
+    persona = str(entry.get("persona", "default"))
+    if persona not in ORDER_LISTING_PERSONAS:
+        raise ConfigError(f"{path}: marketplace {name!r} order_listing.persona {persona!r} must be one of "
+                          f"{list(ORDER_LISTING_PERSONAS)}")
+    return OrderListing(persona=persona, each_page_counts=bool(entry.get("each_page_counts", True)))
 
 
 def _strings(value: Any, what: str, path: Path) -> tuple[str, ...]:

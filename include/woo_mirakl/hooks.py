@@ -21,9 +21,12 @@ from include.woo_mirakl.clients.http import (
     TransportError,
 )
 from include.woo_mirakl.clients.mirakl import MiraklClient, mirakl_base_url
+from include.woo_mirakl.clients.oauth import MemoryTokenStore, OAuthError, ReconnectRequired, TokenProvider
 from include.woo_mirakl.clients.woocommerce import WooCommerceClient
 
 log = logging.getLogger(__name__)
+# Without a ledger (a connection test), tokens are shared by this process's threads only.
+_PROCESS_TOKENS = MemoryTokenStore()
 
 # A connection test should answer within seconds, not retry for minutes.
 TEST_RETRY = RetryPolicy(max_attempts=2, base_delay=0.5, max_delay=1.0, timeout=20.0, connect_timeout=5.0,
@@ -80,8 +83,26 @@ def _transport_hint(error: ClientError) -> str:
     return "the server could not be reached"
 
 
+API_KEY = "api_key"
+OAUTH_AUTHORIZATION_CODE = "oauth_authorization_code"
+OAUTH_CLIENT_CREDENTIALS = "oauth_client_credentials"
+AUTH_MODES = (API_KEY, OAUTH_AUTHORIZATION_CODE, OAUTH_CLIENT_CREDENTIALS)
+AUTH_MODE_WORDS = {
+    API_KEY: "API key",
+    OAUTH_AUTHORIZATION_CODE: "Mirakl authentication system (connected by a seller, renewed automatically)",
+    OAUTH_CLIENT_CREDENTIALS: "Mirakl authentication system (client credentials, renewed automatically)",
+}
+
+
 class MiraklHook(BaseHook):
-    """A Mirakl seller API connection: host, API key (password), optional ``shop_id`` extra."""
+    """A Mirakl seller API connection: host, optional ``shop_id`` extra, and one of three auth modes.
+
+    ``auth_mode`` extra: ``api_key`` (the default: the API key is the password),
+    ``oauth_authorization_code`` (client id = login, client secret = password, ``refresh_token``
+    extra written by Connect to Mirakl) or ``oauth_client_credentials`` (client id and secret).
+    ``token_url``, ``authorize_url``, ``revoke_url``, ``scope`` and ``audience`` extras point at
+    Mirakl's authentication system (https://auth.mirakl.net by default).
+    """
 
     conn_name_attr = "mirakl_conn_id"
     default_conn_name = "mirakl_default"
@@ -96,9 +117,14 @@ class MiraklHook(BaseHook):
     def _settings(self) -> dict[str, Any]:
         conn = self.get_connection(self.mirakl_conn_id)
         _mask(conn.password)
-        if not conn.password:
-            raise ValueError(f"connection {self.mirakl_conn_id!r} has no API key (set its password)")
         extra = conn.extra_dejson or {}
+        _mask(extra.get("refresh_token"))
+        auth_mode = str(extra.get("auth_mode") or API_KEY)
+        if auth_mode not in AUTH_MODES:
+            raise ValueError(f"connection {self.mirakl_conn_id!r}: auth_mode {auth_mode!r} must be one of {list(AUTH_MODES)}")
+        if not conn.password:
+            what = "API key" if auth_mode == API_KEY else "OAuth client secret"
+            raise ValueError(f"connection {self.mirakl_conn_id!r} has no {what} (set its password)")
         shop_id = extra.get("shop_id")
         if shop_id not in (None, ""):
             try:
@@ -109,13 +135,66 @@ class MiraklHook(BaseHook):
             shop_id = None
         return {"host": conn.host or "", "port": conn.port, "api_key": conn.password, "shop_id": shop_id,
                 "verify": _as_bool(extra.get("verify_ssl", True), "verify_ssl"),
-                "retry": retry_from_extra(extra, self.mirakl_conn_id)}
+                "retry": retry_from_extra(extra, self.mirakl_conn_id), "auth_mode": auth_mode,
+                "client_id": conn.login, "extra": extra}
 
-    def get_client(self, budget: CallBudget | None = None, retry: RetryPolicy | None = None) -> MiraklClient:
+    @property
+    def auth_mode(self) -> str:
+        return self._settings()["auth_mode"]
+
+    def oauth_endpoint(self, retry: RetryPolicy | None = None) -> Any:
+        """The authentication system's token endpoint for this connection's OAuth client."""
+        from include.woo_mirakl.clients.oauth import (
+            AUTHORIZATION_CODE, CLIENT_CREDENTIALS, DEFAULT_AUTHORIZE_URL, DEFAULT_REVOKE_URL, DEFAULT_TOKEN_URL,
+            OAuthSettings, TokenEndpoint,
+        )
+
+        s = self._settings()
+        extra = s["extra"]
+        grant = AUTHORIZATION_CODE if s["auth_mode"] == OAUTH_AUTHORIZATION_CODE else CLIENT_CREDENTIALS
+        if not s["client_id"]:
+            raise ValueError(f"connection {self.mirakl_conn_id!r} has no OAuth client id (set its login)")
+        settings = OAuthSettings(
+            grant, s["client_id"], s["api_key"],
+            token_url=extra.get("token_url") or DEFAULT_TOKEN_URL,
+            authorize_url=extra.get("authorize_url") or DEFAULT_AUTHORIZE_URL,
+            revoke_url=extra.get("revoke_url") or DEFAULT_REVOKE_URL,
+            scope=extra.get("scope") or None, audience=extra.get("audience") or None,
+        )
+        return TokenEndpoint(settings, retry=retry or self.retry or s["retry"], verify=s["verify"])
+
+    def token_provider(self, ledger: Any = None, retry: RetryPolicy | None = None) -> Any:
+        """The shared token of this connection (kept in the ledger, or in this process without one)."""
+        s = self._settings()
+        if s["auth_mode"] == API_KEY:
+            return None
+        if ledger is None:
+            try:
+                from include.woo_mirakl.ledger import get_ledger
+
+                ledger = get_ledger()
+            except Exception as error:  # a connection test without a ledger: this process only
+                log.info("no ledger for the shared OAuth token (%s); keeping it in this process", type(error).__name__)
+        if ledger is not None:
+            from include.woo_mirakl.ledger.oauth_tokens import LedgerTokenStore
+
+            store: Any = LedgerTokenStore(ledger)
+        else:
+            store = _PROCESS_TOKENS
+        return TokenProvider(self.oauth_endpoint(retry), store, f"{self.mirakl_conn_id}|{s['client_id']}",
+                             origin_refresh_token=s["extra"].get("refresh_token") or None)
+
+    def get_client(self, budget: CallBudget | None = None, retry: RetryPolicy | None = None,
+                   ledger: Any = None) -> MiraklClient:
         """A client for this connection; pass a budget (see :meth:`get_budget`) to honour call ceilings."""
         s = self._settings()
-        return MiraklClient(s["host"], s["api_key"], shop_id=s["shop_id"], port=s["port"], budget=budget,
-                            retry=retry or self.retry or s["retry"], verify=s["verify"])
+        provider = None
+        if s["auth_mode"] != API_KEY:
+            provider = self.token_provider(ledger=ledger if ledger is not None else getattr(budget, "ledger", None),
+                                           retry=retry)
+        return MiraklClient(s["host"], None if provider else s["api_key"], shop_id=s["shop_id"], port=s["port"],
+                            budget=budget, retry=retry or self.retry or s["retry"], verify=s["verify"],
+                            token_provider=provider)
 
     get_conn = get_client
 
@@ -159,7 +238,14 @@ class MiraklHook(BaseHook):
                     f"skipped: Mirakl allows it once a day and it already ran; next allowed at "
                     f"{exceeded.retry_at.isoformat()}."
                 )
+        except ReconnectRequired as error:
+            return False, str(error)
+        except OAuthError as error:
+            return False, (f"Mirakl's authentication system refused the OAuth client ({error.error}: "
+                           f"{error.description}): check the client id (login) and secret (password).")
         except ApiError as error:
+            if error.status == 401 and settings["auth_mode"] != API_KEY:
+                return False, f"Mirakl at {where} refused the access token even after renewing it (HTTP 401)."
             if error.status == 401:
                 return False, f"Mirakl at {where} rejected the API key (HTTP 401): check the connection's password."
             if error.status == 403 and settings["shop_id"] is not None:
@@ -184,8 +270,17 @@ class MiraklHook(BaseHook):
             )
         return True, (
             f"Connected to Mirakl shop {account.shop_name!r} (id {account.shop_id}) at {where}: "
-            f"currency {account.currency_iso_code}, state {account.shop_state}."
+            f"currency {account.currency_iso_code}, state {account.shop_state}." + auth_words(client)
         )
+
+
+def auth_words(client: MiraklClient) -> str:
+    """The sentence " Signed in through Mirakl's authentication system; token valid until …" (empty for an API key)."""
+    provider = client.token_provider
+    if provider is None or provider.expires_at is None:
+        return ""
+    return (f" Signed in through Mirakl's authentication system ({provider.grant.replace('_', ' ')}); "
+            f"the access token is valid until {provider.expires_at:%Y-%m-%d %H:%M} UTC and renews itself.")
 
 
 class WooCommerceHook(BaseHook):

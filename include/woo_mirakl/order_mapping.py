@@ -6,6 +6,10 @@
   units already promised to earlier orders of the same batch.
 * :func:`reservation_order` is the ``on-hold`` WooCommerce order that reserves the accepted lines;
   :func:`completion_update` is the change that completes it once Mirakl reaches ``SHIPPING``.
+  Both carry what Mirakl charged, taxes included, on a VAT-exempt order (see
+  :mod:`include.woo_mirakl.order_money`), and keep the customer's e-mail out of ``billing.email``
+  unless the marketplace allows contact (WooCommerce e-mails whatever address is there).
+* :func:`vanished_lines` says which lines of a created order WooCommerce did not reserve.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Any, Mapping
 
 from include.woo_mirakl.clients.mirakl_models import Address, Order
 from include.woo_mirakl.config import Marketplace, OrderPolicy
+from include.woo_mirakl.order_money import line_charged, shipping_charged, tax_mode
+from include.woo_mirakl.stock import available_units, pool_key
 
 META_ORDER_ID = "_mirakl_order_id"
 META_MARKETPLACE = "_mirakl_marketplace"
@@ -23,6 +29,12 @@ META_COMMERCIAL_ID = "_mirakl_commercial_id"
 META_LINE_ID = "_mirakl_order_line_id"
 META_MESSAGE = "MiraklOrderMessage"
 META_CANCEL_REASON = "_mirakl_cancel_reason"
+META_CUSTOMER_EMAIL = "_mirakl_customer_email"
+META_TAX_MODE = "_mirakl_tax_mode"
+META_TAXES = "_mirakl_taxes"
+META_SHIPPING_TAXES = "_mirakl_shipping_taxes"
+# Core's calculate_taxes() skips an order with this meta: Mirakl's amounts already hold the tax.
+META_VAT_EXEMPT = "is_vat_exempt"
 PAYMENT_METHOD = "mirakl"
 SHIPPING_METHOD = "mirakl"
 
@@ -60,6 +72,7 @@ ACCEPTED = "accepted"
 REFUSED = "refused"
 UNKNOWN_SKU = "unknown SKU"
 SHORT_STOCK = "short stock"
+VANISHED = "product no longer in WooCommerce"
 
 
 class InvalidOrderError(ValueError):
@@ -73,9 +86,23 @@ class InvalidOrderError(ValueError):
 
 @dataclass(frozen=True)
 class StockInfo:
-    """What WooCommerce says about one SKU: ``quantity`` None means stock is not tracked."""
+    """What WooCommerce says about one SKU: ``quantity`` None means no limit (stock not managed,
+    in stock); ``pool`` is the stock it sells from, shared by parent-managed variations."""
 
     quantity: int | None
+    pool: str = ""
+
+    @classmethod
+    def of(cls, ref: Any) -> "StockInfo":
+        """From a SKU look-up (:class:`~include.woo_mirakl.clients.woocommerce.SkuRef`)."""
+        return cls(available_units(ref.manage_stock, ref.stock_quantity, getattr(ref, "stock_status", None)),
+                   pool_key(ref.product_id, ref.parent_id, ref.manage_stock))
+
+
+def pool_of(sku: str, stock: Mapping[str, StockInfo]) -> str:
+    """The stock pool a SKU's demand counts against (the SKU itself when unknown)."""
+    info = stock.get(sku)
+    return info.pool if info is not None and info.pool else f"sku:{sku}"
 
 
 @dataclass(frozen=True)
@@ -138,8 +165,9 @@ def decide_lines(
 ) -> list[LineDecision] | None:
     """Accept or refuse each line; None when the policy leaves the order to a human.
 
-    ``promised`` holds the units already accepted for earlier orders of the batch (not yet
-    reserved in WooCommerce); the units of this order's accepted lines are added to it.
+    ``promised`` holds, per stock pool (:func:`pool_of`), the units already accepted for earlier
+    orders of the batch (not yet reserved in WooCommerce); this order's accepted units are added.
+    Variations sharing their parent's stock draw on one pool, across lines and orders.
     """
     if not policy.accept_orders:
         return None
@@ -153,15 +181,16 @@ def decide_lines(
                 return None  # a line WooCommerce cannot hold: only a person can decide
             decisions.append(LineDecision(line.order_line_id, sku, line.quantity, False, UNKNOWN_SKU))
             continue
+        pool = pool_of(sku, stock)
         if info.quantity is not None and policy.refuse_short_stock:
-            available = info.quantity - promised[sku] - taken[sku]
+            available = info.quantity - promised[pool] - taken[pool]
             if line.quantity > available:
                 decisions.append(LineDecision(
                     line.order_line_id, sku, line.quantity, False,
                     f"{SHORT_STOCK}: {max(available, 0)} available, {line.quantity} ordered",
                 ))
                 continue
-        taken[sku] += line.quantity
+        taken[pool] += line.quantity
         decisions.append(LineDecision(line.order_line_id, sku, line.quantity, True))
     promised.update(taken)
     return decisions
@@ -184,7 +213,19 @@ def _meta(marketplace: Marketplace, order: Order) -> list[dict[str, Any]]:
         {"key": META_ORDER_ID, "value": order.order_id},
         {"key": META_MARKETPLACE, "value": marketplace.name},
         {"key": META_COMMERCIAL_ID, "value": order.commercial_id or ""},
+        {"key": META_VAT_EXEMPT, "value": "yes"},
+        {"key": META_TAX_MODE, "value": tax_mode(order.raw)},
     ]
+
+
+def _line_taxes_meta(line: Any) -> list[dict[str, Any]]:
+    """Mirakl's own tax lines, kept on the WooCommerce line for finance (WooCommerce computes none)."""
+    meta = []
+    for key, name in ((META_TAXES, "taxes"), (META_SHIPPING_TAXES, "shipping_taxes")):
+        taxes = line.raw.get(name) or []
+        if taxes:
+            meta.append({"key": key, "value": taxes})
+    return meta
 
 
 def reservation_order(marketplace: Marketplace, order: Order, accepted_line_ids: set[str]) -> dict[str, Any]:
@@ -192,7 +233,8 @@ def reservation_order(marketplace: Marketplace, order: Order, accepted_line_ids:
     lines = [line for line in order.order_lines if line.order_line_id in accepted_line_ids]
     if not lines:
         raise ValueError(f"order {order.order_id}: no accepted line to reserve")
-    shipping = sum((line.shipping_price or Decimal("0") for line in lines), Decimal("0"))
+    mode = tax_mode(order.raw)
+    shipping = sum((shipping_charged(line.raw, mode) for line in lines), Decimal("0"))
     customer = order.customer
     return {
         "status": "on-hold",
@@ -208,10 +250,10 @@ def reservation_order(marketplace: Marketplace, order: Order, accepted_line_ids:
             {
                 "sku": line.offer_sku,
                 "quantity": line.quantity,
-                # Mirakl's line price is unit price x quantity, as the marketplace charged it
-                "subtotal": _money(line.price),
-                "total": _money(line.price),
-                "meta_data": [{"key": META_LINE_ID, "value": line.order_line_id}],
+                # what the marketplace charged for the line (unit price x quantity), taxes included
+                "subtotal": _money(line_charged(line.raw, mode)),
+                "total": _money(line_charged(line.raw, mode)),
+                "meta_data": [{"key": META_LINE_ID, "value": line.order_line_id}, *_line_taxes_meta(line)],
             }
             for line in lines
         ],
@@ -255,20 +297,28 @@ def _address(address: Address | None, kind: str, order_id: str) -> dict[str, str
 
 
 def completion_update(
-    order: Order, message: str | None, shipping_line_id: int | None
+    order: Order, message: str | None, shipping_line_id: int | None, *, customer_email_in_billing: bool = False,
+    line_ids: set[str] | None = None,
 ) -> dict[str, Any]:
     """The change that completes the WooCommerce order at ``SHIPPING``: addresses, message, shipping, status.
 
-    Absolute values and the existing shipping line's id make it safe to send twice.
+    Absolute values and the existing shipping line's id make it safe to send twice. The customer's
+    e-mail goes to order meta (fulfilment can read it) and only into ``billing.email`` — where
+    WooCommerce e-mails the customer — when the marketplace allows contact. The order stays
+    VAT-exempt, so the addresses do not make WooCommerce add tax. ``line_ids`` are the Mirakl
+    lines the WooCommerce order holds (their shipping is charged; all lines when None).
     Raises :class:`InvalidOrderError` when an address is missing or malformed.
     """
     customer = order.customer
     billing = _address(customer.billing_address if customer else None, "billing", order.order_id)
     shipping = _address(customer.shipping_address if customer else None, "shipping", order.order_id)
     email = order.customer_notification_email or ""
-    billing["email"] = email
+    billing["email"] = email if customer_email_in_billing else ""
+    mode = tax_mode(order.raw)
+    held = [line for line in order.order_lines if line_ids is None or line.order_line_id in line_ids]
     shipping_line: dict[str, Any] = {
-        "method_id": SHIPPING_METHOD, "method_title": _shipping_title(order), "total": _money(order.shipping_price),
+        "method_id": SHIPPING_METHOD, "method_title": _shipping_title(order),
+        "total": _money(sum((shipping_charged(line.raw, mode) for line in held), Decimal("0"))),
     }
     if shipping_line_id is not None:
         shipping_line["id"] = shipping_line_id
@@ -278,9 +328,35 @@ def completion_update(
         "shipping": shipping,
         "shipping_lines": [shipping_line],
         "customer_note": message or "",
-        "meta_data": [{"key": META_MESSAGE, "value": message or ""}],
+        "meta_data": [{"key": META_MESSAGE, "value": message or ""}, {"key": META_CUSTOMER_EMAIL, "value": email},
+                      {"key": META_VAT_EXEMPT, "value": "yes"}],
     }
     return update
+
+
+def vanished_lines(sent: Mapping[str, Any], created: Mapping[str, Any]) -> list[str]:
+    """The Mirakl line ids of a just-created WooCommerce order that WooCommerce did not take.
+
+    A real store answers 201 for a line whose SKU was trashed or deleted after the look-up, with
+    ``product_id`` 0 and nothing reserved; a line whose quantity or SKU is not what was sent is
+    not the reservation either.
+    """
+    wanted = {_line_id(item): item for item in sent.get("line_items") or []}
+    got = {_line_id(item): item for item in created.get("line_items") or []}
+    gone = []
+    for line_id, item in wanted.items():
+        held = got.get(line_id)
+        if (held is None or not held.get("product_id") or held.get("sku") != item.get("sku")
+                or int(held.get("quantity") or 0) != int(item.get("quantity") or 0)):
+            gone.append(str(line_id))
+    return gone
+
+
+def _line_id(item: Mapping[str, Any]) -> Any:
+    for meta in item.get("meta_data") or []:
+        if isinstance(meta, Mapping) and meta.get("key") == META_LINE_ID:
+            return meta.get("value")
+    return item.get("sku")
 
 
 def meta_value(woo_order: Mapping[str, Any], key: str) -> Any:

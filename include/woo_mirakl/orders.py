@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
@@ -34,6 +35,7 @@ from include.woo_mirakl.order_mapping import (
     META_CANCEL_REASON,
     META_MARKETPLACE,
     META_ORDER_ID,
+    VANISHED,
     InvalidOrderError,
     LineDecision,
     StockInfo,
@@ -42,9 +44,13 @@ from include.woo_mirakl.order_mapping import (
     decide_lines,
     meta_value,
     order_decision,
+    pool_of,
     reservation_order,
     shipping_line_id,
+    vanished_lines,
 )
+from include.woo_mirakl.order_money import expected_total, totals_problem
+from include.woo_mirakl.unseen_demand import record_listing
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ EXC_RESERVE = "order_reservation_failed"
 EXC_ACCEPT = "order_acceptance_failed"
 EXC_COMPLETE = "order_completion_failed"
 EXC_LISTING = "order_listing_stuck"
+EXC_TOTALS = "order_totals_mismatch"
+EXC_VANISHED = "order_product_vanished"
 
 KIND_CREATE = "woo.orders.create"
 KIND_ACCEPT = "mirakl.OR21"
@@ -129,6 +137,7 @@ class OrderIngest:
     def fetch_changes(self) -> dict[str, int]:
         """Read changed orders (OR11) into the ledger; a used-up call budget skips politely."""
         result = StepResult()
+        started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
@@ -165,6 +174,8 @@ class OrderIngest:
                     EXC_LISTING, "or11_resume", {"created_date": _iso(resume), "orders_read": len(orders)}, self.mp
                 )
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
         return result.as_dict()
 
     def _record(self, order: Order) -> str:
@@ -218,22 +229,38 @@ class OrderIngest:
     def decide_and_reserve(self) -> dict[str, int]:
         """Decide undecided waiting orders and create their ``on-hold`` WooCommerce orders."""
         result = StepResult()
+        overdue = human_review.apply_overdue_defaults(
+            self.ledger, self.marketplace, human_review.mirakl_now(self.ledger, self.mp, self.clock))
+        if overdue:
+            result.add("review_timed_out", len(overdue))
         waiting = [r for r in self.ledger.orders_in_states(self.mp, [WAITING]) if not (r.detail or {}).get("problems")]
-        undecided = sorted((r for r in waiting if r.decision is None), key=_created_key)
+        # a flagged order is a person's to decide (or Mirakl's, when they left it)
+        undecided = sorted((r for r in waiting if r.decision is None and human_review.review_state(r) is None),
+                           key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
         decided_now: list[str] = []
         if undecided:
-            promised: Counter[str] = Counter()
+            skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
+            refs = self.woo.products_by_sku(skus)
+            stock = {sku: StockInfo.of(ref) for sku, ref in refs.items()}
+            facts = {sku: human_review.WooFacts.from_ref(ref, stock[sku].quantity) for sku, ref in refs.items()}
+            in_airflow = self.marketplace.human_review.in_airflow
+            promised: Counter[str] = Counter()  # per stock pool: siblings sharing a parent's stock count together
             for record in to_reserve:  # accepted earlier, not yet held by a WooCommerce order
                 for line in record.lines:
                     if line.decision == ACCEPTED and line.offer_sku:
-                        promised[line.offer_sku] += line.quantity or 0
-            skus = {line.offer_sku for r in undecided for line in r.lines if line.offer_sku}
-            stock = {sku: StockInfo(_tracked_quantity(ref)) for sku, ref in self.woo.products_by_sku(skus).items()}
+                        promised[pool_of(line.offer_sku, stock)] += line.quantity or 0
             for record in undecided:
                 order = _order(record)
-                decisions = decide_lines(order, stock, self.marketplace.order_policy, promised)
+                reasons = human_review.review_reasons(order, facts, self.marketplace, promised,
+                                                      pool=lambda sku: pool_of(sku, stock)) if in_airflow else []
+                decisions = None if reasons else decide_lines(order, stock, self.marketplace.order_policy, promised)
+                if decisions is None and in_airflow:
+                    reasons = reasons or ["a line's SKU is unknown in WooCommerce and refuse_unknown_sku is off"]
+                    human_review.flag_for_review(self.ledger, self.mp, order, reasons, facts, self.clock())
+                    result.add("needs_review")
+                    continue
                 if decisions is None:
                     result.add("left_for_human")
                     continue
@@ -265,6 +292,9 @@ class OrderIngest:
             accepted = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
             body = reservation_order(self.marketplace, order, accepted)
             key = self._key(KIND_CREATE, record.mirakl_order_id)
+            attempt = (record.detail or {}).get("reservation_attempt")
+            if attempt:  # an earlier reservation lost a product and was undone: a new one
+                key = f"{key}#{attempt}"
             action = self.ledger.begin_action(
                 key, KIND_CREATE, record.mirakl_order_id, _create_digest_source(body), self.mp
             )
@@ -331,9 +361,61 @@ class OrderIngest:
             result.add("reservation_retry")
             return
         outcome = {"woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order)}
+        gone = vanished_lines(body, woo_order)
+        if gone:
+            self.ledger.complete_action(key, {**outcome, "vanished_lines": gone})
+            self._undo_reservation(record, woo_order, gone, result)
+            return
         self.ledger.complete_action(key, outcome)
         self._remember_woo_order(record, outcome)
+        self._check_totals(record, woo_order)
         result.add("reserved")
+
+    def _undo_reservation(self, record: OrderRecord, woo_order: dict, gone: list[str], result: StepResult) -> None:
+        """A created order that lost a product reserves nothing for it: cancel it, refuse or leave the lines."""
+        reason = f"{VANISHED}: Mirakl line(s) {', '.join(gone)} came back without their product"
+        update = {"status": "cancelled", "meta_data": [{"key": META_CANCEL_REASON, "value": reason}]}
+        key = self._key(KIND_CANCEL, f"{record.mirakl_order_id}:{woo_order['id']}")
+        self.ledger.begin_action(key, KIND_CANCEL, str(woo_order["id"]), update, self.mp)
+        try:
+            self.woo.update_order(int(woo_order["id"]), update)
+            self.ledger.complete_action(key, {"woo_order_id": woo_order["id"]})
+        except (ApiError, ClientError) as error:
+            self.ledger.fail_action(key, str(error), retryable=False)
+            reason += f"; cancelling WooCommerce order {woo_order['id']} failed: {error} (cancel it by hand)"
+        self.ledger.raise_exception(
+            EXC_VANISHED, record.mirakl_order_id,
+            {"order_id": record.mirakl_order_id, "woo_order_id": woo_order["id"], "lines": gone, "problem": reason},
+            self.mp,
+        )
+        detail = dict(record.detail or {})
+        detail["reservation_attempt"] = int(detail.get("reservation_attempt") or 0) + 1
+        if not self.marketplace.order_policy.refuse_unknown_sku:
+            detail["reservation_failed"] = reason  # left for a person, as an unknown SKU would be
+            self.ledger.upsert_order(self.mp, record.mirakl_order_id, detail=detail)
+            result.add("vanished_left_for_human")
+            return
+        self.ledger.set_order_lines(self.mp, record.mirakl_order_id, [
+            {"mirakl_order_line_id": line_id, "decision": "refused", "decision_reason": VANISHED} for line_id in gone
+        ])
+        decisions = [LineDecision(line.mirakl_order_line_id, line.offer_sku or "", line.quantity or 0,
+                                  line.decision == ACCEPTED and line.mirakl_order_line_id not in gone)
+                     for line in record.lines]
+        self.ledger.upsert_order(self.mp, record.mirakl_order_id, decision=order_decision(decisions), detail=detail)
+        result.add("vanished_refused")
+
+    def _check_totals(self, record: OrderRecord, woo_order: dict) -> None:
+        """WooCommerce's total must be what Mirakl charged for the lines it holds (within a cent)."""
+        held = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
+        problem = totals_problem(woo_order, expected_total((record.detail or {}).get("payload") or {}, held))
+        if problem:
+            self.ledger.raise_exception(
+                EXC_TOTALS, record.mirakl_order_id,
+                {"order_id": record.mirakl_order_id, "woo_order_id": woo_order.get("id"), "problem": problem},
+                self.mp,
+            )
+        else:
+            self.ledger.resolve_exception(EXC_TOTALS, record.mirakl_order_id, self.mp)
 
     def _remember_woo_order(self, record: OrderRecord, outcome: dict) -> None:
         detail = dict(record.detail or {})
@@ -422,7 +504,11 @@ class OrderIngest:
             order = _order(record)
             try:
                 message = self._customer_message(order)
-                update = completion_update(order, message, (record.detail or {}).get("woo_shipping_line_id"))
+                update = completion_update(
+                    order, message, (record.detail or {}).get("woo_shipping_line_id"),
+                    customer_email_in_billing=self.marketplace.customer_email_in_billing,
+                    line_ids={line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED},
+                )
             except InvalidOrderError as error:
                 self.ledger.raise_exception(
                     EXC_COMPLETE, record.mirakl_order_id,
@@ -432,7 +518,8 @@ class OrderIngest:
                 )
                 result.add("invalid")
                 continue
-            if self._apply_update(record, KIND_COMPLETE, update, result):
+            if self._apply_update(record, KIND_COMPLETE, update, result,
+                                  check=lambda answer, r=record: self._check_totals(r, answer)):
                 self.ledger.upsert_order(self.mp, record.mirakl_order_id, woo_status="processing")
                 self.ledger.resolve_exception(EXC_COMPLETE, record.mirakl_order_id, self.mp)
                 result.add("completed")
@@ -468,14 +555,16 @@ class OrderIngest:
                 result.add("released")
         return result.as_dict()
 
-    def _apply_update(self, record: OrderRecord, kind: str, update: dict, result: StepResult) -> bool:
-        """An absolute (repeatable) update of the WooCommerce order, with intent and outcome."""
+    def _apply_update(self, record: OrderRecord, kind: str, update: dict, result: StepResult,
+                      check: Callable[[dict], None] | None = None) -> bool:
+        """An absolute (repeatable) update of the WooCommerce order, with intent and outcome;
+        ``check`` looks at WooCommerce's answer (e.g. its recalculated totals)."""
         key = self._key(kind, record.mirakl_order_id)
         action = self.ledger.begin_action(key, kind, str(record.woo_order_id), update, self.mp)
         if action.state == "done":
             return True
         try:
-            self.woo.update_order(int(record.woo_order_id), update)
+            answer = self.woo.update_order(int(record.woo_order_id), update)
         except ApiError as error:
             retryable = error.status >= 500 or error.status == 429
             self.ledger.fail_action(key, str(error), retryable=retryable)
@@ -486,6 +575,8 @@ class OrderIngest:
             result.add("update_failed")
             return False
         self.ledger.complete_action(key, {"woo_order_id": record.woo_order_id})
+        if check is not None and isinstance(answer, dict):
+            check(answer)
         return True
 
     # ---- 5. deadlines -------------------------------------------------------------------------
@@ -543,13 +634,6 @@ def _created_key(record: OrderRecord) -> tuple[str, str]:
     return (str(((record.detail or {}).get("payload") or {}).get("created_date") or ""), record.mirakl_order_id)
 
 
-def _tracked_quantity(ref: Any) -> int | None:
-    """Stock WooCommerce tracks for a SKU, or None when it does not manage it (no limit)."""
-    if ref.manage_stock in (False, None, "false") or ref.stock_quantity is None:
-        return None
-    return int(ref.stock_quantity)
-
-
 def _create_digest_source(body: dict) -> dict:
     """What a reservation *is* (order and lines), so a retry with fresher names still matches."""
     return {
@@ -565,6 +649,11 @@ def _why_waiting(record: OrderRecord) -> str:
         return "invalid payload: " + "; ".join(detail["problems"])
     if detail.get("reservation_failed"):
         return "WooCommerce order could not be created: " + str(detail["reservation_failed"])
+    review = (detail.get("review") or {}).get("status")
+    if record.decision is None and review == human_review.PENDING:
+        return "waiting for a person's decision in Airflow (Required actions)"
+    if record.decision is None and review == human_review.LEFT:
+        return "left to Mirakl by a person's decision"
     if record.decision is None:
         return "not decided yet"
     return "decision not confirmed by Mirakl yet"

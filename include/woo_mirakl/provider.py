@@ -29,10 +29,34 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Only for API keys that give access to several shops.",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
+                    "auth_mode": {
+                        "label": "Authentication",
+                        "description": "api_key: the shop API key is the password. oauth_authorization_code: "
+                        "connect with 'Connect to Mirakl' on the operations page (login = client id, password = "
+                        "client secret). oauth_client_credentials: client id and secret issued by Mirakl.",
+                        "schema": {"type": "string", "enum": ["api_key", "oauth_authorization_code",
+                                                              "oauth_client_credentials"], "default": "api_key"},
+                    },
+                    "token_url": {
+                        "label": "OAuth token URL",
+                        "description": "Mirakl's authentication system; empty for https://auth.mirakl.net/oauth/token.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "refresh_token": {
+                        "label": "OAuth refresh token",
+                        "description": "Written by 'Connect to Mirakl'; leave it as it is.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "authorize_url": {
+                        "label": "OAuth authorize URL",
+                        "description": "Where sellers sign in and consent; empty for https://auth.mirakl.net/oauth/authorize.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "port", "extra"],
-                    "relabeling": {"host": "Mirakl hostname", "password": "API key"},
+                    "hidden-fields": ["schema", "port", "extra"],
+                    "relabeling": {"host": "Mirakl hostname", "password": "API key or OAuth client secret",
+                                   "login": "OAuth client id (empty for an API key)"},
                     "placeholders": {
                         "host": "acme-dev.mirakl.net (from your back-office URL)",
                         "password": "the shop API key (back-office: My user settings > API key)",

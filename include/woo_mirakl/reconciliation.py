@@ -672,6 +672,9 @@ def _int(value: Any) -> int | None:
 
 ORDER_IDS_PER_CALL = 100  # TL02 order_id / seller_billing_cycle_id accept at most 100 values
 TL02_PAGE = 2000  # TL02's largest page: as few calls as possible under its 20/min, 60/h ceiling
+# Beyond 10 TL02 pages a day goes through the export: TL02's 60 calls an hour are also needed for
+# the payout cycles and the orders' history, and a million lines would take it 8 hours.
+EXPORT_ABOVE_LINES = 20_000
 CURSOR_FLOW = "mirakl_payout_reconciliation"
 
 
@@ -694,7 +697,28 @@ class Stage:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rows, default=str), encoding="utf-8")
         tmp.replace(path)
+        (self.directory / f"{name}.pkl").unlink(missing_ok=True)
         return len(rows)
+
+    def save_lines(self, name: str, frame: pd.DataFrame) -> int:
+        """Transaction lines as a typed frame: a million lines as JSON would cost gigabytes to read back.
+
+        Pickle is only ever read back by this integration from its own staging directory.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{name}.pkl"
+        tmp = path.with_suffix(".pkl.tmp")
+        frame.to_pickle(tmp)
+        tmp.replace(path)
+        (self.directory / f"{name}.json").unlink(missing_ok=True)
+        return len(frame)
+
+    def lines(self, name: str) -> pd.DataFrame:
+        """Staged transaction lines, whichever way they were saved."""
+        path = self.directory / f"{name}.pkl"
+        if path.exists():
+            return _pd().read_pickle(path)
+        return transactions_frame(self.load(name))
 
     def load(self, name: str) -> Any:
         import json
@@ -706,9 +730,9 @@ class Stage:
 
     def inputs(self, marketplace: str) -> Inputs:
         return Inputs(
-            day_lines=transactions_frame(self.load("day_lines")),
-            history_lines=transactions_frame(self.load("history_lines")),
-            cycle_lines=transactions_frame(self.load("cycle_lines")),
+            day_lines=self.lines("day_lines"),
+            history_lines=self.lines("history_lines"),
+            cycle_lines=self.lines("cycle_lines"),
             documents=documents_frame(self.load("documents")),
             woo_lines=woo_lines_frame(self.load("woo_orders"), marketplace),
             woo_refunds=woo_refunds_frame(self.load("woo_refunds")),
@@ -718,22 +742,46 @@ class Stage:
     def all_transaction_lines(self) -> pd.DataFrame:
         """Every TL02 line this run read, once each: what the expectation suite checks."""
         pd = _pd()
-        frames = [transactions_frame(self.load(n)) for n in ("day_lines", "cycle_lines", "history_lines")]
+        frames = [self.lines(n) for n in ("day_lines", "cycle_lines", "history_lines")]
         return pd.concat(frames, ignore_index=True).drop_duplicates("transaction_id", ignore_index=True)
 
 
-def extract_mirakl_day(mirakl: Any, ledger: Any, marketplace: str, day: Day, stage: Stage) -> dict[str, int]:
-    """TL02 lines created that day; for each payout (PAYMENT line) its IV01 document and its cycle's lines.
+def extract_mirakl_day(mirakl: Any, ledger: Any, marketplace: str, day: Day, stage: Stage, *,
+                       export_above: int = EXPORT_ABOVE_LINES, sleep: Any = None) -> dict[str, int]:
+    """The lines created that day; for each payout (PAYMENT line) its IV01 document and its cycle's lines.
+
+    The day's lines come from TL02 while the day is small, from the asynchronous export
+    (TL03–TL05, see :mod:`include.woo_mirakl.transaction_export`) once it holds more than
+    ``export_above`` lines: expected from the size of the last day read (kept in the ledger),
+    or found out when TL02 has given that many and still has more. Both give the same frame.
 
     IV01 may be called once a day, so documents are cached in the ledger by payment voucher
     number (they do not change once issued) and IV01 is called only when a payout of the day
     names one the cache lacks; one call then brings every document issued since, which serves
     a whole backfill.
     """
-    day_lines = [t.raw for t in mirakl.iter_transactions(date_created_from=day.start, date_created_to=day.end,
-                                                         limit=TL02_PAGE)]
-    payments = [t for t in day_lines if t.get("type") == "PAYMENT"]
-    numbers = sorted({str(t["accounting_document_number"]) for t in payments if t.get("accounting_document_number")})
+    expected = int(ledger.get_cursor(CURSOR_FLOW, marketplace, "day_lines_last", default=0) or 0)
+    source, rows = ("TL03" if expected > export_above else "TL02"), []
+    if source == "TL02":
+        for t in mirakl.iter_transactions(date_created_from=day.start, date_created_to=day.end, limit=TL02_PAGE):
+            rows.append(t.raw)
+            if len(rows) > export_above:  # too big for TL02's ceiling: the rest would take hours
+                source, rows = "TL03", []
+                break
+    if source == "TL03":
+        from include.woo_mirakl.transaction_export import read_transaction_export
+
+        frame, new_orders = read_transaction_export(
+            mirakl, ledger, CURSOR_FLOW, marketplace, day.day.isoformat(), date_created_from=day.start,
+            date_created_to=day.end, new_since=day.start, **({"sleep": sleep} if sleep else {}))
+    else:
+        from include.woo_mirakl.transaction_export import orders_created_since
+
+        frame, new_orders = transactions_frame(rows), sorted(orders_created_since(rows, day.start))
+        del rows
+    ledger.set_cursor(CURSOR_FLOW, marketplace, "day_lines_last", len(frame))
+    payments = frame.loc[frame["type"] == "PAYMENT"]
+    numbers = sorted(set(payments["document_number"].dropna().astype(str)) - {""})
     cache: dict[str, Any] = ledger.get_cursor(CURSOR_FLOW, marketplace, "iv01_documents", default=None) or {}
     if any(n not in cache for n in numbers):
         for document in mirakl.iter_accounting_documents(start_date=day.start - timedelta(days=1)):
@@ -742,24 +790,25 @@ def extract_mirakl_day(mirakl: Any, ledger: Any, marketplace: str, day: Day, sta
                 cache[str(number)] = document.raw
         ledger.set_cursor(CURSOR_FLOW, marketplace, "iv01_documents", cache)
     documents = [cache[n] for n in numbers if n in cache]
-    cycles = sorted({str(t["seller_billing_cycle_id"]) for t in payments if t.get("seller_billing_cycle_id")})
+    cycles = sorted(set(payments["billing_cycle_id"].dropna().astype(str)) - {""})
     cycle_lines = [
         t.raw for chunk in _chunks(cycles)
         for t in mirakl.iter_transactions(seller_billing_cycle_id=chunk, date_created_to=day.end, limit=TL02_PAGE)
     ]
-    return {"day_lines": stage.save("day_lines", day_lines), "documents": stage.save("documents", documents),
-            "cycle_lines": stage.save("cycle_lines", cycle_lines), "payouts": len(numbers)}
+    stage.save("day_new_orders", new_orders)
+    return {"day_lines": stage.save_lines("day_lines", frame), "documents": stage.save("documents", documents),
+            "cycle_lines": stage.save("cycle_lines", cycle_lines), "payouts": len(numbers),
+            "source": source}
 
 
-def _order_ids(lines: list[Mapping[str, Any]]) -> list[str]:
-    orders = (((t.get("entities") or {}).get("order")) for t in lines)
-    return sorted({str(o["id"]) for o in orders if o and o.get("id")})
+def _order_ids(lines: pd.DataFrame) -> list[str]:
+    return sorted(set(lines["order_id"].dropna().astype(str)) - {""})
 
 
 def extract_woocommerce(woo: Any, ledger: Any, marketplace: str, day: Day, grace_days: int,
                         stage: Stage) -> dict[str, int]:
     """The WooCommerce side: the day's Mirakl orders, orders shipped ``grace_days`` ago, the day's refunds."""
-    day_orders = _order_ids(stage.load("day_lines"))
+    day_orders = _order_ids(stage.lines("day_lines"))
     pairs = []
     for order_id in day_orders:
         record = ledger.get_order(marketplace, order_id)
@@ -801,12 +850,20 @@ def extract_mirakl_history(mirakl: Any, marketplace: str, day: Day, grace_days: 
     window = day.start - timedelta(days=grace_days)
     shipped = woo.loc[(woo["date_completed"] >= window) & (woo["date_completed"] < window + timedelta(days=1)),
                       "mirakl_order_id"]
-    ids = sorted(set(_order_ids(stage.load("day_lines"))) | set(shipped.dropna().astype(str)))
-    history = [
-        t.raw for chunk in _chunks(ids)
+    day_lines = stage.lines("day_lines")
+    ids = sorted(set(_order_ids(day_lines)) | set(shipped.dropna().astype(str)))
+    # an order created during the day has no line before it: its history is its lines of the day
+    new = set(stage.load("day_new_orders")) & set(ids)
+    older = [i for i in ids if i not in new]
+    history = transactions_frame(
+        t.raw for chunk in _chunks(older)
         for t in mirakl.iter_transactions(order_id=chunk, date_created_to=day.end, limit=TL02_PAGE)
-    ]
-    return {"history_lines": stage.save("history_lines", history), "orders": len(ids)}
+    )
+    frames = [day_lines.loc[day_lines["order_id"].isin(new)], history]
+    lines = _pd().concat([f for f in frames if len(f)] or [history], ignore_index=True)
+    lines["type"] = lines["type"].astype("string").astype("category")
+    return {"history_lines": stage.save_lines("history_lines", lines), "orders": len(ids),
+            "read_by_tl02": len(older)}
 
 
 def write_back_commissions(woo: Any, commissions: pd.DataFrame, day: Day) -> dict[str, int]:

@@ -30,6 +30,7 @@ from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWrit
 from include.woo_mirakl.clients.mirakl_models import Order, RefundLine, parse_datetime
 from include.woo_mirakl.config import CONFIG_DIR, ConfigError, Marketplace
 from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
+from include.woo_mirakl.order_money import refund_excess, tax_mode
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +193,9 @@ def plan_refund(
                 f"{', '.join(REFUNDABLE_STATES)}"
             )
         done_amount, done_ship, done_qty = already.get(line_id, (Decimal("0"), Decimal("0"), 0))
-        paid = _money(line.price)
-        if amount > paid - done_amount:
-            raise UnsendableRefund(
-                f"{where}: {amount} on Mirakl line {line_id} ({line.offer_sku}) is more than is left to refund: "
-                f"{paid - done_amount} (paid {paid}, already refunded {done_amount})"
-            )
+        excess = refund_excess(line.raw, tax_mode(mirakl_order.raw), amount, quantity, done_amount, done_qty)
+        if excess:
+            raise UnsendableRefund(f"{where}: {amount} on Mirakl line {line_id} ({line.offer_sku}) {excess}")
         if quantity > line.quantity - done_qty:
             raise UnsendableRefund(
                 f"{where}: {quantity} unit(s) on Mirakl line {line_id} ({line.offer_sku}) but only "

@@ -9,6 +9,10 @@ Rules for products that are not plain stock-managed items:
 
 * stock not managed (``manage_stock`` false): ``instock``/``onbackorder`` → the marketplace's
   ``unmanaged_in_stock_quantity``, ``outofstock`` → 0 (then demand and buffer apply as usual);
+  the order flow applies the same rule (:func:`available_units`: out of stock refuses);
+* a variation whose stock its parent manages (``manage_stock: "parent"``) shares the parent's
+  *pool* with its siblings: WooCommerce reports the pool's quantity on each, and demand is
+  counted per pool (:func:`pool_key`, :func:`pool_demand`), for the push as for decisions;
 * not published (draft, pending, private) → 0: it is not for sale anywhere;
 * a variable product's parent is never an offer; each variation is, under its own SKU;
 * a variation without a SKU cannot be matched to an offer: it is reported, never pushed.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from include.woo_mirakl.config import Marketplace
 
@@ -65,6 +69,38 @@ class WooItem:
     def is_variation(self) -> bool:
         return self.type == "variation"
 
+    @property
+    def pool(self) -> str:
+        """The stock pool this item sells from (its parent's for ``manage_stock: "parent"``)."""
+        return pool_key(self.id, self.parent_id, self.manage_stock)
+
+
+def pool_key(item_id: int, parent_id: int | None, manage_stock: Any) -> str:
+    """Which stock an item consumes: ``parent:<id>`` for a variation whose parent manages it, else its own."""
+    if manage_stock == "parent" and parent_id:
+        return f"parent:{int(parent_id)}"
+    return f"item:{int(item_id)}"
+
+
+def available_units(manage_stock: Any, stock_quantity: Any, stock_status: str | None) -> int | None:
+    """The units WooCommerce can sell of an item: one rule for orders and for the inventory push.
+
+    Managed stock (its own or its parent's): the quantity. Not managed: 0 when ``outofstock``,
+    None (no limit from WooCommerce) when ``instock`` or ``onbackorder``.
+    """
+    managed = manage_stock is True or manage_stock == "parent" or str(manage_stock).lower() == "true"
+    if managed and stock_quantity not in (None, ""):
+        return int(stock_quantity)
+    return None if (stock_status or "instock") in IN_STOCK_STATUSES else 0
+
+
+def pool_demand(items: Iterable[WooItem], demand: Mapping[str, int]) -> dict[str, int]:
+    """Unreserved demand per stock pool, summed over the pool's items (by SKU)."""
+    totals: dict[str, int] = {}
+    for item in items:
+        totals[item.pool] = totals.get(item.pool, 0) + int(demand.get(item.sku, 0))
+    return totals
+
 
 @dataclass(frozen=True)
 class OfferTarget:
@@ -90,11 +126,8 @@ def woo_stock(item: WooItem, unmanaged_in_stock_quantity: int) -> int:
     """The units WooCommerce says it can sell, before marketplace demand and buffer."""
     if item.status not in SELLABLE_STATUSES:
         return 0
-    # "parent" means the variation shares its parent's stock; WooCommerce reports that stock here.
-    managed = item.manage_stock is True or item.manage_stock == "parent"
-    if managed and item.stock_quantity is not None:
-        return item.stock_quantity
-    return unmanaged_in_stock_quantity if item.stock_status in IN_STOCK_STATUSES else 0
+    units = available_units(item.manage_stock, item.stock_quantity, item.stock_status)
+    return unmanaged_in_stock_quantity if units is None else units
 
 
 def available_to_promise(stock: int, unreserved_demand: int, safety_buffer: int) -> int:

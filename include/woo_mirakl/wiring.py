@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from include.woo_mirakl.budgets import LedgerCallBudget
+from include.woo_mirakl.budgets import LedgerCallBudget, marketplace_limits
 from include.woo_mirakl.clients.http import RetryPolicy
 from include.woo_mirakl.clients.mirakl import MiraklClient
 from include.woo_mirakl.clients.woocommerce import WooCommerceClient
@@ -28,7 +28,9 @@ class Wiring:
 
     def mirakl(self, retry: RetryPolicy | None = None) -> MiraklClient:
         """A Mirakl client that asks the ledger's call budget before every limited call."""
-        return self._mirakl_hook.get_client(budget=self.budget, retry=retry)
+        client = self._mirakl_hook.get_client(budget=self.budget, retry=retry)
+        client.limits = self.budget.limits  # the marketplace's reading of OR11 (persona, pages)
+        return client
 
     def woo(self, retry: RetryPolicy | None = None) -> WooCommerceClient:
         return WooCommerceHook(self.marketplace.woocommerce_conn_id).get_client(retry=retry)
@@ -39,4 +41,7 @@ def wire(marketplace_name: str, *, mirakl_wait: float = 0.0) -> Wiring:
     marketplace = get_marketplace(marketplace_name)
     ledger = get_ledger()
     hook = MiraklHook(marketplace.mirakl_conn_id)
-    return Wiring(marketplace, ledger, hook.get_budget(ledger, max_wait=mirakl_wait), hook)
+    budget = hook.get_budget(ledger, max_wait=mirakl_wait)
+    listing = marketplace.order_listing
+    budget.limits = marketplace_limits(listing.persona, listing.each_page_counts)
+    return Wiring(marketplace, ledger, budget, hook)

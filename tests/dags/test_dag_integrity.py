@@ -18,7 +18,10 @@ FLOWS = {
     "mirakl_data_quality",
     "mirakl_account",
     "mirakl_catalogue_publish",
+    "mirakl_order_review",
 }
+# Runs of the review flow wait for people (each for the orders it claimed): several may be open.
+MANY_RUNS = {"mirakl_order_review"}
 KNOWN_POOLS = {"default_pool", "mirakl_api", "woocommerce_api"}
 
 
@@ -54,7 +57,7 @@ def test_contract(dagbag):
         assert "woo-mirakl" in dag.tags, dag_id
         assert any(t.startswith("marketplace:") for t in dag.tags), dag_id
         assert dag.catchup is False or dag_id.startswith("mirakl_payout_reconciliation"), dag_id
-        assert dag.max_active_runs == 1, dag_id
+        assert dag.max_active_runs == 1 or dag_id.split("__")[0] in MANY_RUNS, dag_id
         assert dag.doc_md, f"{dag_id} has no documentation"
         for task in dag.tasks:
             assert task.owner == "woo-mirakl", (dag_id, task.task_id)

@@ -21,6 +21,9 @@ def sandbox():
     from include.sandbox.core import Sandbox
 
     sb = Sandbox(seed=7, validate_requests=True).start()
+    # exports ready at once: the flows' DAG runs must not sleep through PENDING polls (that phase
+    # is covered by tests/integration/test_payout_export_path.py and test_offer_export.py)
+    sb.mirakl.configure(export_delay_s=0)
     yield sb
     sb.stop()
 
@@ -43,11 +46,11 @@ def airflow_env(sandbox, ledger_url, airflow_db):
     values = {
         "AIRFLOW_CONN_MIRAKL_SANDBOX": {
             "conn_type": "mirakl", "host": sandbox.mirakl_url, "password": sandbox.mirakl.api_key,
-            "extra": {"shop_id": sandbox.mirakl.shop_id, "retry_base_delay": 0.05, "timeout": 5},
+            "extra": {"shop_id": sandbox.mirakl.shop_id, "retry_base_delay": 0.05, "timeout": CLIENT_TIMEOUT},
         },
         "AIRFLOW_CONN_WOOCOMMERCE_DEFAULT": {
             "conn_type": "woocommerce", "host": sandbox.woo_url, "login": sandbox.woo.consumer_key,
-            "password": sandbox.woo.consumer_secret, "extra": {"retry_base_delay": 0.05, "timeout": 5},
+            "password": sandbox.woo.consumer_secret, "extra": {"retry_base_delay": 0.05, "timeout": CLIENT_TIMEOUT},
         },
         "AIRFLOW_CONN_WOO_MIRAKL_LEDGER": {
             "conn_type": "generic", "extra": {"sqlalchemy_url": ledger_url},
@@ -78,25 +81,53 @@ def run_dag(dag_id: str, conf: dict | None = None):
     return load_dag(dag_id).test(run_conf=conf)
 
 
-def crash_before_recording(monkeypatch, action: str, why: str) -> list[str]:
-    """Make the first ``complete_action`` of ``action`` (e.g. ``mirakl.OR28``) raise.
+def land_then_drop(sandbox, service: str, operation: str, count: int = 1) -> None:
+    """The next ``count`` calls of ``operation`` are applied, then their connection is dropped.
 
-    Simulates a worker that dies after the external call succeeded but before the ledger
-    recorded it; returns the list the crashed action key is appended to.
+    This is a worker that never learns what its call did (it died, or the network did): the
+    change is made on the remote side and the ledger knows only the intent.
     """
-    from include.woo_mirakl.ledger.repository import Ledger
+    sandbox.faults.add({"service": service, "operation": operation, "kind": "apply_then_drop", "count": count})
 
-    real_complete = Ledger.complete_action
-    crashes: list[str] = []
 
-    def crash_once(self, key, outcome=None):
-        if f":{action}:" in key and not crashes:
-            crashes.append(key)
-            raise RuntimeError(why)
-        return real_complete(self, key, outcome)
+CLIENT_TIMEOUT = 3  # seconds, the clients' read timeout in airflow_env; a slow fault answers later
 
-    monkeypatch.setattr(Ledger, "complete_action", crash_once)
-    return crashes
+
+def fault_mix(share: float = 0.2, operations: dict[str, str] | None = None, slow_count: int = 2) -> list[dict]:
+    """Faults of every kind on both APIs, ``share`` of the calls in all, most of them *after* the change.
+
+    ``operations`` narrows a service to one operation (e.g. ``{"mirakl": "OR28"}``). The slow
+    fault (applied, answered after the client's timeout) is capped at ``slow_count`` calls
+    because each one costs a timeout of wall time.
+    """
+    kinds = [("status", 0.15), ("drop", 0.15), ("apply_then_status", 0.3), ("apply_then_drop", 0.3), ("malformed", 0.1)]
+    rules: list[dict] = []
+    for service in ("mirakl", "woo"):
+        operation = (operations or {}).get(service, "*")
+        for kind, weight in kinds:
+            rules.append({"service": service, "operation": operation, "kind": kind,
+                          "status": 503 if kind == "status" else 500, "probability": share * weight})
+        rules.append({"service": service, "operation": operation, "kind": "apply_then_slow",
+                      "delay": CLIENT_TIMEOUT + 1, "probability": share * 0.05, "count": slow_count})
+    return rules
+
+
+def fault_kinds_seen(sandbox) -> set[str]:
+    return {e["fault"] for e in sandbox.log.entries() if e["fault"]}
+
+
+@pytest.fixture
+def blind_write_retry(monkeypatch):
+    """The clients retry every write as if it were safe to repeat (the bug the fault tests must catch)."""
+    from include.woo_mirakl.clients.http import HttpClient
+
+    real_request = HttpClient.request
+
+    def blind(self, method, path, operation, **kwargs):
+        kwargs["idempotent"] = True
+        return real_request(self, method, path, operation, **kwargs)
+
+    monkeypatch.setattr(HttpClient, "request", blind)
 
 
 def advance(sandbox, ledger, seconds: float) -> None:

@@ -166,8 +166,10 @@ def test_provider_declares_its_connection_types() -> None:
     types = {t["connection-type"]: t for t in info["connection-types"]}
     assert info["package-name"] == "woo-mirakl" and set(types) == {"mirakl", "woocommerce", "woo_mirakl_slack_webhook"}
     assert types["mirakl"]["hook-class-name"] == "include.woo_mirakl.hooks.MiraklHook"
-    assert types["mirakl"]["ui-field-behaviour"]["relabeling"] == {"host": "Mirakl hostname", "password": "API key"}
-    assert "shop_id" in types["mirakl"]["conn-fields"]
+    relabeling = types["mirakl"]["ui-field-behaviour"]["relabeling"]
+    assert relabeling["host"] == "Mirakl hostname" and "API key" in relabeling["password"]
+    assert {"shop_id", "auth_mode", "token_url", "authorize_url", "refresh_token"} <= set(types["mirakl"]["conn-fields"])
+    assert types["mirakl"]["conn-fields"]["refresh_token"]["schema"]["format"] == "password"  # masked in the UI
     assert types["woocommerce"]["ui-field-behaviour"]["relabeling"]["login"] == "Consumer key"
     assert "query_string_auth" in types["woocommerce"]["conn-fields"]
     assert types["woo_mirakl_slack_webhook"]["hook-class-name"] == "include.woo_mirakl.slack_webhook.SlackAlertsWebhookHook"

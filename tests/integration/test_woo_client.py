@@ -180,6 +180,7 @@ def test_orders_notes_meta_lookup_and_refunds(sandbox: Sandbox, client: WooComme
 def test_shipments_from_the_extension_or_from_meta(sandbox: Sandbox, client: WooCommerceClient) -> None:
     with sandbox.lock:
         sandbox.woo.add_simple_product("SHIP-1", "20.00", 10)
+        sandbox.woo.settings["shipment_tracking_installed"] = True  # the plugin, installed for this part
     order = new_order(client, "SHIP-1")
     with sandbox.lock:
         sandbox.woo.ship_order(order["id"], tracking_provider="Colissimo", tracking_number="6A123")
@@ -199,7 +200,7 @@ def test_shipments_from_the_extension_or_from_meta(sandbox: Sandbox, client: Woo
         no_plugin.shipments(meta_order["id"])
         assert calls(sandbox, "woo.tracking.list") == before  # the missing route is remembered
     finally:
-        sandbox.woo.settings["shipment_tracking_installed"] = True
+        sandbox.woo.settings["shipment_tracking_installed"] = False
 
 
 def test_shipments_from_core_fulfillments_come_first(sandbox: Sandbox) -> None:

@@ -18,9 +18,12 @@ from include.woo_mirakl.order_mapping import (
     meta_value,
     order_decision,
     reservation_order,
+    vanished_lines,
 )
+from include.woo_mirakl.clients.woocommerce import SkuRef
 
 MARKETPLACE = Marketplace(name="sandbox", mirakl_conn_id="mirakl_sandbox")
+POLICY = OrderPolicy()
 ADDRESS = {
     "firstname": "Zoé", "lastname": "Lefèvre", "street_1": "12 rue de l'Église", "city": "Besançon",
     "zip_code": "25000", "country": "France", "country_iso_code": "FRA", "phone": "+33 3 81 00 00 00",
@@ -92,7 +95,7 @@ def test_earlier_orders_of_the_batch_count_against_stock():
     assert [d.accepted for d in first] == [True, True]
     assert [d.accepted for d in second] == [False, True]
     assert order_decision(second) == "partially"
-    assert promised == Counter({"A": 2, "B": 2})
+    assert promised == Counter({"sku:A": 2, "sku:B": 2})  # per stock pool; a SKU without one is its own
 
 
 def test_two_lines_of_one_sku_share_its_stock():
@@ -138,12 +141,16 @@ def test_completion_maps_addresses_message_and_shipping():
     assert update["billing"] == {
         "first_name": "Zoé", "last_name": "Lefèvre", "company": "", "address_1": "12 rue de l'Église",
         "address_2": "", "city": "Besançon", "state": "", "postcode": "25000", "country": "FR",
-        "phone": "+33 3 81 00 00 00", "email": "n+o-1@notification.mirakl.net",
+        "phone": "+33 3 81 00 00 00", "email": "",  # WooCommerce e-mails billing.email: never the customer
     }
     assert update["shipping"]["country"] == "DE" and update["shipping"]["city"] == "München"
     assert update["shipping"]["phone"] == ""
     assert update["customer_note"] == "Merci — code 1234"
-    assert update["meta_data"] == [{"key": "MiraklOrderMessage", "value": "Merci — code 1234"}]
+    assert update["meta_data"] == [{"key": "MiraklOrderMessage", "value": "Merci — code 1234"},
+                                   {"key": "_mirakl_customer_email", "value": "n+o-1@notification.mirakl.net"},
+                                   {"key": "is_vat_exempt", "value": "yes"}]
+    allowed = completion_update(shipped, None, shipping_line_id=77, customer_email_in_billing=True)
+    assert allowed["billing"]["email"] == "n+o-1@notification.mirakl.net"
     assert update["shipping_lines"] == [{"id": 77, "method_id": "mirakl", "method_title": "Standard",
                                          "total": "4.99"}]
 
@@ -158,3 +165,51 @@ def test_malformed_address_is_refused_with_reasons():
     ]
     with pytest.raises(InvalidOrderError, match="no billing address"):
         completion_update(order(customer={"firstname": "A"}), None, None)
+
+
+def test_reservation_is_vat_exempt_and_carries_what_mirakl_charged():
+    taxed = order(order_tax_mode="TAX_EXCLUDED", lines=[
+        {"order_line_id": "O-1-1", "offer_sku": "A", "quantity": 2, "price": 20.0, "shipping_price": 2.5,
+         "taxes": [{"amount": 4.0, "code": "TVA20"}], "shipping_taxes": [{"amount": 0.5, "code": "TVA20"}]}])
+    body = reservation_order(MARKETPLACE, taxed, {"O-1-1"})
+    assert meta_value(body, "is_vat_exempt") == "yes" and meta_value(body, "_mirakl_tax_mode") == "TAX_EXCLUDED"
+    [line] = body["line_items"]
+    assert (line["total"], body["shipping_lines"][0]["total"]) == ("24.00", "3.00")  # taxes on top, as charged
+    assert meta_value(line, "_mirakl_taxes") == [{"amount": 4.0, "code": "TVA20"}]
+    included = reservation_order(MARKETPLACE, order(lines=[
+        {"order_line_id": "O-1-1", "offer_sku": "A", "quantity": 2, "price": 20.0, "shipping_price": 2.5,
+         "taxes": [{"amount": 3.33, "code": "TVA20"}]}]), {"O-1-1"})
+    assert included["line_items"][0]["total"] == "20.00"  # the price already holds the tax
+
+
+def test_vanished_lines_are_those_without_their_product():
+    sent = reservation_order(MARKETPLACE, order(), {"O-1-1", "O-1-2"})
+    created = {"line_items": [
+        {"product_id": 11, "sku": "A", "quantity": 2, "meta_data": [{"key": "_mirakl_order_line_id", "value": "O-1-1"}]},
+        {"product_id": 0, "sku": None, "quantity": 1, "meta_data": [{"key": "_mirakl_order_line_id", "value": "O-1-2"}]},
+    ]}
+    assert vanished_lines(sent, created) == ["O-1-2"]
+    created["line_items"][1].update(product_id=12, sku="B")
+    assert vanished_lines(sent, created) == []
+    created["line_items"][1]["quantity"] = 3
+    assert vanished_lines(sent, created) == ["O-1-2"]
+
+
+def test_variations_sharing_a_parent_draw_on_one_pool():
+    pool = {"RED": StockInfo(2, "parent:9"), "BLUE": StockInfo(2, "parent:9")}
+    promised = Counter()
+    first = decide_lines(order(lines=[{"order_line_id": "A-1", "offer_sku": "RED", "quantity": 2, "price": 30}]),
+                         pool, POLICY, promised)
+    second = decide_lines(order(lines=[{"order_line_id": "B-1", "offer_sku": "BLUE", "quantity": 2, "price": 30}]),
+                          pool, POLICY, promised)
+    assert [d.accepted for d in first + second] == [True, False]
+    assert second[0].reason == "short stock: 0 available, 2 ordered"
+
+
+def test_unmanaged_out_of_stock_is_refused_like_the_push_offers_zero():
+    ref = SkuRef(sku="OOSU", product_id=5, parent_id=None, type="simple", stock_quantity=None, manage_stock=False,
+                 price="6.00", date_modified_gmt=None, stock_status="outofstock")
+    [decision] = decide_lines(order(lines=[{"order_line_id": "A-1", "offer_sku": "OOSU", "quantity": 1, "price": 6}]),
+                              {"OOSU": StockInfo.of(ref)}, POLICY, Counter())
+    assert not decision.accepted and decision.reason.startswith("short stock: 0 available")
+    assert StockInfo.of(SkuRef(**{**ref.__dict__, "stock_status": "instock"})).quantity is None

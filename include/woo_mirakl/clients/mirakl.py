@@ -1,6 +1,7 @@
 """Client of Mirakl's seller API (MMP): the calls the flows use, typed, paginated, budgeted.
 
-Auth is the shop API key in the ``Authorization`` header (no "Bearer"); ``shop_id`` is
+Auth is the shop API key in the ``Authorization`` header (no "Bearer"), or with OAuth a
+``Bearer`` token from a :class:`~include.woo_mirakl.clients.oauth.TokenProvider`; ``shop_id`` is
 added to every call for users with several shops. Before each attempt of an operation
 with a published maximum frequency the client asks its :class:`CallBudget`, which raises
 :class:`BudgetExceeded` instead of letting a call exceed the maximum.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -20,12 +22,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
 
 from include.woo_mirakl.budgets import CallBudget, CallLimits, default_limits
-from include.woo_mirakl.clients.http import HttpClient, RetryPolicy, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, HttpClient, MalformedResponseError, RetryPolicy, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import (
     Account,
     AccountingDocument,
     Carrier,
     ErrorReportLine,
+    ExportStatus,
     ImportStatus,
     MessageThread,
     Offer,
@@ -167,14 +170,19 @@ class MiraklClient(HttpClient):
         retry: RetryPolicy | None = None,
         verify: bool = True,
         page_size: int = MAX_PAGE_SIZE,
+        token_provider: Any = None,
         **http_options: Any,
     ):
-        if not api_key:
+        if not api_key and token_provider is None:
             raise ValueError("Mirakl API key is empty: set it as the connection's password")
         if not 2 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 2 and {MAX_PAGE_SIZE}")
         super().__init__(mirakl_base_url(host, port), retry=retry, verify=verify, secrets=[api_key], **http_options)
-        self.session.headers.update({"Authorization": api_key, "Accept": "application/json"})
+        self.session.headers.update({"Accept": "application/json"})
+        if token_provider is None:
+            self.session.headers["Authorization"] = api_key
+        # OAuth: a Bearer token per call from the provider (include/woo_mirakl/clients/oauth.py)
+        self.token_provider = token_provider
         self.shop_id = int(shop_id) if shop_id not in (None, "") else None
         self.budget = budget
         self.limits = limits or default_limits()
@@ -226,18 +234,36 @@ class MiraklClient(HttpClient):
         variant: str | None = None,
         charge_budget: bool = True,
     ) -> Any:
-        reply = self.request(
-            method,
-            path,
-            operation,
-            params=self._params(params),
-            json_body=json_body,
-            files=files,
-            expect=expect,
-            idempotent=idempotent,
-            before_attempt=self._budget_hook(operation, variant, charge_budget),
-        )
-        return reply.body
+        def send(headers: Mapping[str, str] | None) -> Any:
+            return self.request(
+                method,
+                path,
+                operation,
+                params=self._params(params),
+                json_body=json_body,
+                files=files,
+                headers=headers,
+                expect=expect,
+                idempotent=idempotent,
+                before_attempt=self._budget_hook(operation, variant, charge_budget),
+            ).body
+
+        if self.token_provider is None:
+            return send(None)
+        token = self._bearer()
+        try:
+            return send({"Authorization": f"Bearer {token}"})
+        except ApiError as error:
+            if error.status != 401:
+                raise
+            # expired or revoked early: renew once (for every worker) and try again, once
+            self.token_provider.invalidate(token)
+            return send({"Authorization": f"Bearer {self._bearer()}"})
+
+    def _bearer(self) -> str:
+        token = self.token_provider.token()
+        self.redactor.add(token)
+        return token
 
     def _import_id(self, answer: Any, operation: str) -> str:
         """The id an import call answers with (PRI01 also has a camel-case twin).
@@ -602,6 +628,91 @@ class MiraklClient(HttpClient):
                                 str(d.get("id") or d.get("invoice_id"))),
         ):
             yield AccountingDocument.from_api(raw)
+
+    # Asynchronous exports ---------------------------------------------------------------
+    def request_transaction_export(
+        self,
+        *,
+        date_created_from: datetime | None = None,
+        date_created_to: datetime | None = None,
+        last_updated_from: datetime | None = None,
+        seller_billing_cycle_id: Iterable[str] | None = None,
+        transaction_type: Iterable[str] | None = None,
+        order_id: Iterable[str] | None = None,
+        items_per_chunk: int | None = None,
+    ) -> str:
+        """TL03 (once a day at most): export the transaction lines matching the filters; returns
+        the tracking id for TL04. Not retried after it may have landed: a second request would
+        spend the day's only call."""
+        body = {
+            "date_created_from": _iso(date_created_from), "date_created_to": _iso(date_created_to),
+            "last_updated_from": _iso(last_updated_from),
+            "seller_billing_cycle_id": _list_or_none(seller_billing_cycle_id),
+            "transaction_type": _list_or_none(transaction_type), "order_id": _list_or_none(order_id),
+            "items_per_chunk": items_per_chunk, "format": "JSON",
+        }
+        answer = self._call("POST", "/api/sellerpayment/transactions_logs/async", "TL03",
+                            json_body={k: v for k, v in body.items() if v is not None}, idempotent=False) or {}
+        return self._tracking_id(answer, "TL03")
+
+    def transaction_export_status(self, tracking_id: str) -> ExportStatus:
+        """TL04 (every 10 s at most): PENDING, then COMPLETED with the URL of every chunk."""
+        path = f"/api/sellerpayment/transactions_logs/async/status/{_seg(tracking_id)}"
+        return ExportStatus.from_api(self._call("GET", path, "TL04") or {})
+
+    def request_offer_export(self, *, last_request_date: datetime | None = None,
+                             items_per_chunk: int = 100_000) -> str:
+        """OF52: every offer, inactive ones too (full, once a day), or every offer changed since
+        ``last_request_date`` with deleted ones (differential, once a minute), as JSON chunks;
+        returns the tracking id for OF53."""
+        if not 10_000 <= items_per_chunk <= 1_000_000:
+            raise ValueError("OF52 items_per_chunk must be between 10000 and 1000000")
+        body: dict[str, Any] = {"export_type": "application/json", "items_per_chunk": items_per_chunk}
+        if last_request_date is not None:
+            body["last_request_date"] = _iso(last_request_date)
+        else:
+            body["include_inactive_offers"] = True  # offers at zero are offers too: not "missing in Mirakl"
+        variant = "differential" if last_request_date is not None else "full"
+        answer = self._call("POST", "/api/offers/export/async", "OF52", json_body=body, idempotent=False,
+                            variant=variant) or {}
+        return self._tracking_id(answer, "OF52")
+
+    def offer_export_status(self, tracking_id: str) -> ExportStatus:
+        """OF53 (every 10 s at most): PENDING, then COMPLETED with the URL of every chunk (OF54)."""
+        return ExportStatus.from_api(
+            self._call("GET", f"/api/offers/export/async/status/{_seg(tracking_id)}", "OF53") or {})
+
+    def iter_export_file(self, url: str, operation: str) -> Iterator[dict]:
+        """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave.
+
+        The URL must be on this client's Mirakl host: the API key is sent with the download and
+        must never go anywhere else.
+        """
+        target, base = urlsplit(url), urlsplit(self.base_url)
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+            raise ValueError(f"{operation}: export file {target.scheme}://{target.netloc}/... is not on the "
+                             f"Mirakl host {base.netloc}; refusing to send the API key there")
+        path = target.path + (f"?{target.query}" if target.query else "")
+        text = self._call("GET", path, operation, expect="text") or ""
+        stripped = text.lstrip("\ufeff").strip()
+        if not stripped:
+            return
+        try:
+            data = json.loads(stripped)
+        except ValueError:  # NDJSON: one item a line
+            try:
+                data = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+            except ValueError:
+                raise MalformedResponseError(self.service, operation, 200,
+                                             f"{len(text)} characters, not JSON nor NDJSON") from None
+        items = data.get("data") if isinstance(data, dict) else data
+        yield from (i for i in items or [] if isinstance(i, dict))
+
+    def _tracking_id(self, answer: Any, operation: str) -> str:
+        value = answer.get("tracking_id") if isinstance(answer, dict) else None
+        if value in (None, ""):
+            raise UncertainWriteError(self.service, operation, "the answer carries no tracking_id", 200)
+        return str(value)
 
     def iter_order_threads(self, order_id: str, *, with_messages: bool = True, limit: int = 50) -> Iterator[MessageThread]:
         """M11: message threads on one order (e.g. the customer's message)."""

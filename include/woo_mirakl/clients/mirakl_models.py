@@ -585,3 +585,35 @@ class MessageThread:
             messages=[m for m in _list(data.get("messages")) if isinstance(m, dict)],
             raw=data,
         )
+
+
+@dataclass
+class ExportStatus:
+    """TL04 / OF53: where an asynchronous export stands; ``urls`` of its chunks once COMPLETED."""
+
+    status: str | None
+    urls: list[str]
+    last_updated: datetime | None
+    error: str | None = None
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_api(cls, data: dict) -> "ExportStatus":
+        error = data.get("error")
+        if isinstance(error, dict):
+            error = " ".join(str(error.get(k)) for k in ("code", "detail") if error.get(k))
+        return cls(
+            status=(data.get("status") or None),
+            urls=[str(u) for u in data.get("urls") or [] if u],
+            last_updated=parse_datetime(data.get("last_updated")),
+            error=str(error) if error else None,
+            raw=data,
+        )
+
+    @property
+    def completed(self) -> bool:
+        return (self.status or "").upper() == "COMPLETED"
+
+    @property
+    def failed(self) -> bool:
+        return (self.status or "").upper() in ("FAILED", "CANCELED", "CANCELLED")

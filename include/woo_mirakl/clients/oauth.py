@@ -1,0 +1,338 @@
+"""OAuth 2 with Mirakl's authentication system: the token endpoint and a token provider shared by workers.
+
+Mirakl documents (developer.mirakl.com, Mirakl Connect "Authentication"/"Authorization" and the MAS
+OAuth 2 guide) a token endpoint at ``https://auth.mirakl.net/oauth/token`` taking a form-encoded
+``grant_type`` with ``client_id`` and ``client_secret``: ``client_credentials`` for Mirakl Connect,
+the authorization-code protocol for integrators (client id, secret and a registered redirect URI).
+Answers hold ``token_type: Bearer``, ``access_token`` and ``expires_in``; Mirakl advises renewing
+"a few minutes before" expiry. Every URL here is configurable (connection extras).
+
+:class:`TokenProvider` hands out a valid access token: from its own cache while it is fresh, else
+from the shared :class:`TokenStore` (the ledger) under a row lock, so when it expires one worker
+renews it and the others find the new one; after a 401 the caller invalidates it once and retries.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+MIRAKL_AUTH = "https://auth.mirakl.net"
+DEFAULT_TOKEN_URL = f"{MIRAKL_AUTH}/oauth/token"
+# The authorize and revoke paths follow RFC 6749/7009 conventions at the same host: set them in the
+# connection when Mirakl gives you other addresses with your client id.
+DEFAULT_AUTHORIZE_URL = f"{MIRAKL_AUTH}/oauth/authorize"
+DEFAULT_REVOKE_URL = f"{MIRAKL_AUTH}/oauth/revoke"
+REFRESH_MARGIN = timedelta(minutes=5)  # "a few minutes before the expires_in value"
+
+CLIENT_CREDENTIALS = "client_credentials"
+AUTHORIZATION_CODE = "authorization_code"
+GRANTS = (CLIENT_CREDENTIALS, AUTHORIZATION_CODE)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def fingerprint(*parts: str | None) -> str:
+    """A one-way digest naming where a stored token came from (never the secret itself)."""
+    return hashlib.sha256("\x1f".join(p or "" for p in parts).encode()).hexdigest()[:32]
+
+
+class OAuthError(ClientError):
+    """The authentication system refused a request; ``error`` is the RFC 6749 code (invalid_grant...)."""
+
+    def __init__(self, operation: str, status: int, error: str | None, description: str):
+        super().__init__("mirakl-auth", operation, f"HTTP {status} {error or ''}: {description}".replace("  ", " "))
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+class ReconnectRequired(ClientError):
+    """The authorization is gone (refresh token expired or revoked, consent withdrawn): a person must reconnect."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(
+            "mirakl-auth", "token",
+            f"the Mirakl authorization of {key} can no longer be renewed ({reason}): "
+            "use Reconnect on the operations page",
+        )
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token, when it expires, and the refresh token that renews it (if any)."""
+
+    access_token: str = field(repr=False)
+    expires_at: datetime
+    refresh_token: str | None = field(default=None, repr=False)
+    scope: str | None = None
+
+    def fresh(self, now: datetime, margin: timedelta) -> bool:
+        return now + margin < self.expires_at
+
+    def as_secret_dict(self) -> dict[str, Any]:
+        return {"access_token": self.access_token, "refresh_token": self.refresh_token, "scope": self.scope}
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """A Mirakl OAuth client: which grant, its credentials and the authentication system's URLs."""
+
+    grant: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    token_url: str = DEFAULT_TOKEN_URL
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    revoke_url: str = DEFAULT_REVOKE_URL
+    scope: str | None = None
+    audience: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.grant not in GRANTS:
+            raise ValueError(f"OAuth grant {self.grant!r} must be one of {list(GRANTS)}")
+        if not self.client_id or not self.client_secret:
+            raise ValueError("OAuth needs the client id (login) and client secret (password) Mirakl issued")
+
+
+class TokenEndpoint(HttpClient):
+    """Calls of the authentication system: token (three grants), revocation, the authorize URL."""
+
+    service = "mirakl-auth"
+
+    def __init__(self, settings: OAuthSettings, *, retry: RetryPolicy | None = None, verify: bool = True,
+                 clock: Callable[[], datetime] = _utcnow, **http_options: Any):
+        parts = urlsplit(settings.token_url)
+        super().__init__(f"{parts.scheme}://{parts.netloc}", retry=retry, verify=verify,
+                         secrets=[settings.client_secret], **http_options)
+        self.settings = settings
+        self._clock = clock
+
+    def error_code_and_message(self, status: int, body: Any) -> tuple[str | None, str]:
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"]), str(body.get("error_description") or body["error"])
+        return super().error_code_and_message(status, body)
+
+    def authorization_url(self, redirect_uri: str, state: str, code_challenge: str | None = None) -> str:
+        """Where to send the seller's browser to sign in, pick the store and consent."""
+        params = {"response_type": "code", "client_id": self.settings.client_id, "redirect_uri": redirect_uri,
+                  "state": state}
+        if self.settings.scope:
+            params["scope"] = self.settings.scope
+        if code_challenge:
+            params.update(code_challenge=code_challenge, code_challenge_method="S256")
+        parts = urlsplit(self.settings.authorize_url)
+        query = "&".join(filter(None, (parts.query, urlencode(params))))
+        return urlunsplit(parts._replace(query=query))
+
+    def client_credentials(self) -> Token:
+        return self._token({"grant_type": CLIENT_CREDENTIALS, **self._scope()}, idempotent=True)
+
+    def exchange_code(self, code: str, redirect_uri: str, code_verifier: str | None = None) -> Token:
+        form = {"grant_type": AUTHORIZATION_CODE, "code": code, "redirect_uri": redirect_uri}
+        if code_verifier:
+            form["code_verifier"] = code_verifier
+        return self._token(form, idempotent=False)
+
+    def refresh(self, refresh_token: str) -> Token:
+        # Not repeated after an unknown outcome: a rotated refresh token used twice ends the grant.
+        return self._token({"grant_type": "refresh_token", "refresh_token": refresh_token}, idempotent=False)
+
+    def revoke(self, token: str) -> None:
+        self.redactor.add(token)
+        path = urlsplit(self.settings.revoke_url).path
+        self._send(path, "revoke", {"token": token}, idempotent=True, expect="none")
+
+    def _scope(self) -> dict[str, str]:
+        extra = {}
+        if self.settings.scope:
+            extra["scope"] = self.settings.scope
+        if self.settings.audience:
+            extra["audience"] = self.settings.audience
+        return extra
+
+    def _token(self, form: dict[str, str], idempotent: bool) -> Token:
+        for key in ("code", "refresh_token"):
+            self.redactor.add(form.get(key))
+        asked_at = self._clock()
+        body = self._send(urlsplit(self.settings.token_url).path, "token", form, idempotent=idempotent)
+        if not isinstance(body, dict) or not body.get("access_token"):
+            raise OAuthError("token", 200, "invalid_response", "the answer carries no access_token")
+        if str(body.get("token_type", "")).lower() != "bearer":
+            raise OAuthError("token", 200, "invalid_response", f"token_type {body.get('token_type')!r} is not Bearer")
+        try:
+            lifetime = float(body["expires_in"])
+        except (KeyError, TypeError, ValueError):
+            raise OAuthError("token", 200, "invalid_response", "the answer carries no usable expires_in") from None
+        token = Token(str(body["access_token"]), asked_at + timedelta(seconds=lifetime),
+                      body.get("refresh_token") or None, body.get("scope"))
+        self.redactor.add(token.access_token)
+        self.redactor.add(token.refresh_token)
+        return token
+
+    def _send(self, path: str, operation: str, form: dict[str, str], *, idempotent: bool, expect: str = "json") -> Any:
+        data = {**form, "client_id": self.settings.client_id, "client_secret": self.settings.client_secret}
+        try:
+            return self.request("POST", path, operation, data=data, idempotent=idempotent, expect=expect,
+                                headers={"Accept": "application/json"}).body
+        except ApiError as error:
+            raise OAuthError(operation, error.status, error.code, error.message) from None
+
+
+class TokenSlot(Protocol):
+    """The shared row of one connection's token, held under a lock while it is open."""
+
+    token: Token | None
+    origin: str | None
+    status: str
+
+    def save(self, token: Token, origin: str) -> None: ...
+    def expire(self) -> None: ...
+    def needs_reconnect(self, reason: str, origin: str) -> None: ...
+
+
+class TokenStore(Protocol):
+    """Where workers share the current token: one lockable slot per key."""
+
+    def locked(self, key: str) -> Any: ...  # a context manager yielding a TokenSlot
+    def peek(self, key: str) -> dict[str, Any] | None: ...  # status without secrets
+
+
+@dataclass
+class _MemorySlot:
+    token: Token | None = None
+    origin: str | None = None
+    status: str = "none"
+    reason: str | None = None
+
+    def save(self, token: Token, origin: str) -> None:
+        self.token, self.origin, self.status, self.reason = token, origin, "ok", None
+
+    def expire(self) -> None:
+        if self.token is not None:
+            self.token = Token(self.token.access_token, datetime.min.replace(tzinfo=timezone.utc),
+                               self.token.refresh_token, self.token.scope)
+
+    def needs_reconnect(self, reason: str, origin: str) -> None:
+        self.status, self.reason, self.origin = "reconnect_required", reason, origin
+
+
+class MemoryTokenStore:
+    """One process's store (threads share it): for a connection test without a ledger."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _MemorySlot] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[_MemorySlot]:
+        with self._lock:
+            yield self._slots.setdefault(key, _MemorySlot())
+
+    def peek(self, key: str) -> dict[str, Any] | None:
+        slot = self._slots.get(key)
+        if slot is None or slot.token is None:
+            return None
+        return {"expires_at": slot.token.expires_at, "status": slot.status, "reason": slot.reason}
+
+
+class TokenProvider:
+    """A valid Bearer token for one Mirakl connection, renewed once for all workers.
+
+    ``origin_refresh_token`` is the refresh token the connection holds (written by Connect to
+    Mirakl); when it differs from the one the stored token descends from, the seller reconnected
+    and the stored chain is dropped.
+    """
+
+    def __init__(self, endpoint: TokenEndpoint, store: TokenStore, key: str, *,
+                 origin_refresh_token: str | None = None, margin: timedelta = REFRESH_MARGIN,
+                 clock: Callable[[], datetime] = _utcnow):
+        self.endpoint = endpoint
+        self.store = store
+        self.key = key
+        self.grant = endpoint.settings.grant
+        self.margin = margin
+        self._origin_refresh = origin_refresh_token
+        self._clock = clock
+        self._cached: Token | None = None
+        self._lock = threading.Lock()
+        if self.grant == CLIENT_CREDENTIALS:
+            self.origin = fingerprint(endpoint.settings.token_url, endpoint.settings.client_id,
+                                      endpoint.settings.client_secret)
+        else:
+            self.origin = fingerprint(endpoint.settings.token_url, origin_refresh_token)
+        endpoint.redactor.add(origin_refresh_token)
+
+    def __repr__(self) -> str:
+        return f"TokenProvider({self.key!r}, {self.grant})"
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return self._cached.expires_at if self._cached else None
+
+    def token(self) -> str:
+        """The current access token, renewing it (under the shared lock) when it is about to expire."""
+        with self._lock:
+            now = self._clock()
+            if self._cached is not None and self._cached.fresh(now, self.margin):
+                return self._cached.access_token
+            problem: ReconnectRequired | None = None
+            with self.store.locked(self.key) as slot:
+                current = slot.token if slot.origin == self.origin else None
+                if slot.origin == self.origin and slot.status == "reconnect_required":
+                    problem = ReconnectRequired(self.key, getattr(slot, "reason", None) or "refused before")
+                elif current is not None and current.fresh(now, self.margin):
+                    self._cached = current  # another worker renewed it
+                else:
+                    try:
+                        fresh = self._obtain(current)
+                    except OAuthError as error:
+                        if error.error not in ("invalid_grant", "invalid_client", "unauthorized_client"):
+                            raise
+                        problem = ReconnectRequired(self.key, f"{error.error}: {error.description}")
+                        slot.needs_reconnect(problem.reason, self.origin)
+                    else:
+                        slot.save(fresh, self.origin)
+                        self._cached = fresh
+                        log.info("%s: new Mirakl access token, valid until %s", self.key, fresh.expires_at.isoformat())
+            if problem is not None:
+                raise problem
+            self.endpoint.redactor.add(self._cached.access_token)
+            return self._cached.access_token
+
+    def invalidate(self, rejected: str) -> None:
+        """Mirakl answered 401 to ``rejected``: forget it here and, if still current, for every worker."""
+        with self._lock:
+            if self._cached is not None and self._cached.access_token == rejected:
+                self._cached = None
+            with self.store.locked(self.key) as slot:
+                if slot.token is not None and slot.token.access_token == rejected:
+                    slot.expire()
+
+    def _obtain(self, current: Token | None) -> Token:
+        if self.grant == CLIENT_CREDENTIALS:
+            return self.endpoint.client_credentials()
+        refresh_token = (current.refresh_token if current else None) or self._origin_refresh
+        if not refresh_token:
+            raise OAuthError("token", 400, "invalid_grant", "no refresh token: the connection was never connected")
+        token = self.endpoint.refresh(refresh_token)
+        if token.refresh_token is None:  # servers that do not rotate keep the old one valid
+            token = Token(token.access_token, token.expires_at, refresh_token, token.scope)
+        return token
+
+    def status(self) -> dict[str, Any]:
+        """Auth mode, expiry and state for the verify step (no secret)."""
+        stored = self.store.peek(self.key) or {}
+        return {"grant": self.grant, "expires_at": stored.get("expires_at") or self.expires_at,
+                "status": stored.get("status", "none"), "reason": stored.get("reason")}
