@@ -151,22 +151,18 @@ def build(marketplace: Marketplace) -> None:
         ledger = get_ledger()
         client = MiraklHook(marketplace.mirakl_conn_id).get_client()
         offers = [account.OfferRef.from_offer(o) for o in client.iter_offers()]
-        try:
-            dags = account.default_pauser().list_dags()
-            flows = [d for d in account.marketplace_flow_ids(dags, marketplace.name) if not dags[d]]
-        except Exception as error:  # noqa: BLE001 - reported, and a real disconnect fails later on the pause
-            print(f"could not list the flows to pause: {type(error).__name__}: {error}")
-            flows = []
+        listing = account.list_flows_to_pause(marketplace.name)
         plan = account.plan_disconnect(marketplace.name, request.offers_policy, offers,
-                                       account.open_orders_from_ledger(ledger, marketplace.name), flows)
+                                       account.open_orders_from_ledger(ledger, marketplace.name), list(listing.flows))
         if not request.dry_run:
             plan = account.freeze_plan(ledger, plan)
             account.mark_disconnecting(ledger, marketplace.name, plan.policy)
         heading = "DRY RUN — nothing will be changed. A disconnect would:" if request.dry_run else "Disconnecting:"
-        print("\n".join([heading, *(f"  - {line}" for line in plan.describe())]))
+        lines = [*plan.describe(), *([f"WARNING: {listing.problem}"] if listing.problem else [])]
+        print("\n".join([heading, *(f"  - {line}" for line in lines)]))
         return {"dry_run": request.dry_run, "policy": plan.policy, "counts": plan.counts(),
-                "flows": list(plan.flows), "open_orders": [o["order_id"] for o in plan.open_orders][:100],
-                "plan": plan.describe()}
+                "flows": list(plan.flows), "flows_listed_via": listing.how, "can_pause": listing.can_pause,
+                "open_orders": [o["order_id"] for o in plan.open_orders][:100], "plan": lines}
 
     @task(pool="mirakl_api")
     def disconnect(planned: dict) -> dict:
