@@ -158,10 +158,14 @@ def build(marketplace: Marketplace) -> None:
             plan = account.freeze_plan(ledger, plan)
             account.mark_disconnecting(ledger, marketplace.name, plan.policy)
         heading = "DRY RUN — nothing will be changed. A disconnect would:" if request.dry_run else "Disconnecting:"
-        lines = [*plan.describe(), *([f"WARNING: {listing.problem}"] if listing.problem else [])]
+        lines = [*plan.describe(),
+                 *([f"Already paused, left as they are: {', '.join(listing.already_paused)}."]
+                   if listing.already_paused else []),
+                 *([f"WARNING: {listing.problem}"] if listing.problem else [])]
         print("\n".join([heading, *(f"  - {line}" for line in lines)]))
         return {"dry_run": request.dry_run, "policy": plan.policy, "counts": plan.counts(),
                 "flows": list(plan.flows), "flows_listed_via": listing.how, "can_pause": listing.can_pause,
+                "already_paused": list(listing.already_paused),
                 "open_orders": [o["order_id"] for o in plan.open_orders][:100], "plan": lines}
 
     @task(pool="mirakl_api")

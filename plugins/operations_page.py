@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 URL_PREFIX = "/woo-mirakl"
 ACK_HEADER = "X-Woo-Mirakl-Ack"
@@ -254,6 +254,24 @@ CSS = """
 """
 
 
+REPORTS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Woo ⇄ Mirakl reports</title>
+<style>{{ css | safe }}</style></head><body>
+<h1>Finance reports: Mirakl payout reconciliation</h1>
+<p class="links"><a href="../">Operations</a> · One report per marketplace and day: what Mirakl paid, charged and
+refunded, checked against WooCommerce. A run dated D reconciles the day D−1.</p>
+{% for m in marketplaces %}<section data-marketplace="{{ m.marketplace }}"><h2>{{ m.marketplace }}</h2>
+<div class="scroll"><table class="reports"><tr><th style="width:8rem">Day</th>
+{% for name, _ in figure_names %}<th>{{ name }}</th>{% endfor %}<th style="width:38%">Files</th></tr>
+{% for d in m.days %}<tr data-day="{{ d.day }}"><td>{{ d.day }}</td>
+{% for name, value in d.figures %}<td>{{ value }}{% if value and loop.index < d.figures|length %} {{ d.currency }}{% endif %}</td>{% endfor %}
+<td>{% for file, text in d.files %}<a href="{{ m.marketplace }}/{{ d.day }}/{{ file }}">{{ text }}</a>{% if not loop.last %} · {% endif %}{% endfor %}</td></tr>
+{% else %}<tr><td colspan="7">No report yet: the reconciliation runs nightly (or backfill days from the DAG).</td></tr>{% endfor %}
+</table></div></section>{% endfor %}
+</body></html>
+"""
+
+
 def create_app(
     ledger_factory: Callable[[], Any] = _ledger_from_airflow,
     marketplaces: Callable[[], list[str]] = _marketplace_names,
@@ -263,7 +281,8 @@ def create_app(
     import jinja2
     from airflow.api_fastapi.core_api.security import get_user
 
-    template = jinja2.Environment(autoescape=True).from_string(PAGE)
+    environment = jinja2.Environment(autoescape=True)
+    template, reports_template = environment.from_string(PAGE), environment.from_string(REPORTS_PAGE)
     app = FastAPI(title="WooCommerce ⇄ Mirakl operations", docs_url=None, redoc_url=None, openapi_url=None)
     app.dependency_overrides[current_user] = get_user
     state: dict[str, Any] = {}
@@ -294,6 +313,23 @@ def create_app(
     ) -> list[dict[str, Any]]:
         return summaries(kind, min_age_hours)
 
+    @app.get("/reports/", response_class=HTMLResponse)
+    def reports(_user: Any = Depends(reader)) -> HTMLResponse:
+        from include.woo_mirakl.report_labels import label
+        from include.woo_mirakl.reports_index import FIGURES, list_reports
+
+        return HTMLResponse(reports_template.render(
+            marketplaces=list_reports(marketplaces()), css=CSS, figure_names=[(label(f), f) for f in FIGURES]))
+
+    @app.get("/reports/{marketplace}/{day}/{name}")
+    def report_file(marketplace: str, day: str, name: str, _user: Any = Depends(reader)) -> FileResponse:
+        from include.woo_mirakl.reports_index import report_file as find
+
+        path = find(marketplace, day, name, marketplaces())
+        if path is None:
+            raise HTTPException(status_code=404, detail="no such report file")
+        return FileResponse(path, filename=None if name.endswith(".html") else f"{marketplace}-{day}-{name}")
+
     @app.post("/exceptions/{exception_id}/acknowledge")
     def acknowledge(exception_id: int, user: Any = Depends(editor)) -> dict[str, Any]:
         from include.woo_mirakl.ledger import NotFoundError
@@ -318,4 +354,10 @@ class WooMiraklOperationsPlugin(AirflowPlugin):
         "destination": "nav",
         "category": "browse",
         "url_route": "woo-mirakl-operations",
+    }, {
+        "name": "Woo ⇄ Mirakl finance reports",
+        "href": URL_PREFIX.lstrip("/") + "/reports/",
+        "destination": "nav",
+        "category": "browse",
+        "url_route": "woo-mirakl-reports",
     }]

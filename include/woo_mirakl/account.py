@@ -735,6 +735,7 @@ class FlowListing:
     flows: tuple[str, ...]
     how: str
     problem: str | None = None  # why a real disconnect could not pause them, in plain words
+    already_paused: tuple[str, ...] = ()  # someone paused them before: a disconnect leaves them (and a reconnect)
 
     @property
     def can_pause(self) -> bool:
@@ -772,7 +773,9 @@ def list_flows_to_pause(marketplace: str, pauser_factory: Callable[[], FlowPause
             f"A real disconnect could NOT pause these {len(flows)} flow(s): {why}. Add the '{API_CONN_ID}' "
             "connection (type HTTP: host = the Airflow API server URL, login and password of a user allowed "
             "to edit DAGs; `make airflow` and the compose file create one) or pause them by hand first."))
-    return FlowListing(tuple(d for d in marketplace_flow_ids(dags, marketplace) if not dags[d]), pauser.how)
+    flows = marketplace_flow_ids(dags, marketplace)
+    return FlowListing(tuple(d for d in flows if not dags[d]), pauser.how,
+                       already_paused=tuple(d for d in flows if dags[d]))
 
 
 def pause_flows(pauser: FlowPauser, marketplace: str) -> list[str]:

@@ -167,3 +167,30 @@ def test_acknowledged_exceptions_leave_the_open_list_and_its_count(ledger):
     assert after["open_count"] == before["open_count"] - 1
     assert target["id"] not in [e["id"] for e in after["exceptions"]]
     assert [e["acknowledged_by"] for e in after["acknowledged"] if e["id"] == target["id"]] == ["oncall"]
+
+
+def test_finance_reaches_each_days_report_files_from_the_reports_page(client, token, tmp_path, monkeypatch):
+    monkeypatch.setenv("WOO_MIRAKL_REPORTS_DIR", str(tmp_path))
+    day = tmp_path / "reconciliation" / MP / "2026-11-30"
+    day.mkdir(parents=True)
+    (day / "summary.csv").write_text("metric,value\ncurrency,EUR\nsales,120.50\ncommissions,-12.05\nrefunds,0.00\n"
+                                     "payout_paid,0.00\nfindings,1\nfindings_refund_missing_in_woocommerce,1\n")
+    (day / "index.html").write_text("<html><h1>Mirakl reconciliation — sandbox — 2026-11-30</h1></html>")
+    (day / "reconciliation.xlsx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "reconciliation" / MP / ".staging-not-a-day").mkdir()
+    cookies = {"_token": token}
+
+    page = client.get("/woo-mirakl/reports/", cookies=cookies)
+
+    assert page.status_code == 200
+    assert 'data-day="2026-11-30"' in page.text and "Sales (items and shipping)" in page.text and "120.50 EUR" in page.text
+    assert 'href="sandbox/2026-11-30/index.html">HTML report<' in page.text and "Excel workbook" in page.text
+    assert "findings_" not in page.text and "staging" not in page.text
+    html = client.get("/woo-mirakl/reports/sandbox/2026-11-30/index.html", cookies=cookies)
+    assert html.status_code == 200 and "Mirakl reconciliation — sandbox — 2026-11-30" in html.text
+    workbook = client.get("/woo-mirakl/reports/sandbox/2026-11-30/reconciliation.xlsx", cookies=cookies)
+    assert workbook.status_code == 200 and "attachment" in workbook.headers["content-disposition"]
+    for path in ("sandbox/2026-11-30/secret.txt", "other/2026-11-30/index.html", "sandbox/..%2F..%2Fx/index.html",
+                 "sandbox/2026-11-30/lines.csv"):
+        assert client.get(f"/woo-mirakl/reports/{path}", cookies=cookies).status_code == 404, path
+    assert client.get("/woo-mirakl/reports/").status_code == 401
