@@ -12,6 +12,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__TEST_CONNECTION := Enabled
+# woo_mirakl_flows: the user the account flow lists and pauses DAGs as (include/woo_mirakl/flows_api_user.py)
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,woo_mirakl_flows:user
 export SANDBOX_HOST ?= 127.0.0.1
 export SANDBOX_MIRAKL_PORT ?= 8081
 export SANDBOX_WOO_PORT ?= 8082
@@ -54,8 +56,9 @@ sandbox: install
 	$(BIN)/python -m include.sandbox --mirakl-port $(SANDBOX_MIRAKL_PORT) --woo-port $(SANDBOX_WOO_PORT) --scenario demo --state-file $(CURDIR)/var/sandbox-state.json
 
 airflow: settings
+	$(BIN)/python -m include.woo_mirakl.flows_api_user --api-url http://localhost:8080
 	@echo "Airflow UI: http://localhost:8080  (user admin, password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated)"
-	$(BIN)/python -m include.sandbox --mirakl-port $(SANDBOX_MIRAKL_PORT) --woo-port $(SANDBOX_WOO_PORT) --scenario demo --state-file $(CURDIR)/var/sandbox-state.json & \
+	$(BIN)/python -m include.sandbox --mirakl-port $(SANDBOX_MIRAKL_PORT) --woo-port $(SANDBOX_WOO_PORT) --scenario demo --state-file $(CURDIR)/var/sandbox-state.json --alert-sinks & \
 	  SANDBOX_PID=$$!; trap "kill $$SANDBOX_PID" EXIT; $(BIN)/airflow standalone
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.

@@ -42,10 +42,16 @@ POLICIES = {
 }
 
 PARAMS = {
-    "action": Param("verify", type="string", enum=list(ACTIONS), values_display=ACTIONS, title="Action"),
+    "action": Param(
+        "verify", type="string", enum=list(ACTIONS), values_display=ACTIONS, title="Action",
+        description="verify: check both connections, change nothing. disconnect: stop the integration for this "
+        "marketplace (a dry run first). reconnect: verify, then resume the flows a disconnect paused.",
+    ),
+    # Null allowed: the form would otherwise mark it required, and verify/reconnect do not use it.
     "offers_policy": Param(
-        "keep", type="string", enum=list(POLICIES), values_display=POLICIES, title="Offers on disconnect",
-        description="What happens to this shop's offers on Mirakl when it is disconnected.",
+        "keep", type=["null", "string"], enum=[*POLICIES, None],
+        values_display={**POLICIES, None: "(not needed for verify or reconnect)"}, title="Offers on disconnect",
+        description="Only for disconnect: what happens to this shop's offers on Mirakl.",
     ),
     "confirmation": Param(
         "", type=["null", "string"], maxLength=40, title="Confirmation",
@@ -126,8 +132,8 @@ def build(marketplace: Marketplace) -> None:
         print(report.render())
         record_verification(get_ledger(), report, context["run_id"])
         summary = report.summary()
+        context["ti"].xcom_push(key="summary", value=summary)  # passed or not, under the README's key
         if not report.ok:
-            context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowFailException(
                 "verification failed: " + "; ".join(f"{c.title}: {c.message}" for c in report.failures)
             )
@@ -145,22 +151,22 @@ def build(marketplace: Marketplace) -> None:
         ledger = get_ledger()
         client = MiraklHook(marketplace.mirakl_conn_id).get_client()
         offers = [account.OfferRef.from_offer(o) for o in client.iter_offers()]
-        try:
-            dags = account.default_pauser().list_dags()
-            flows = [d for d in account.marketplace_flow_ids(dags, marketplace.name) if not dags[d]]
-        except Exception as error:  # noqa: BLE001 - reported, and a real disconnect fails later on the pause
-            print(f"could not list the flows to pause: {type(error).__name__}: {error}")
-            flows = []
+        listing = account.list_flows_to_pause(marketplace.name)
         plan = account.plan_disconnect(marketplace.name, request.offers_policy, offers,
-                                       account.open_orders_from_ledger(ledger, marketplace.name), flows)
+                                       account.open_orders_from_ledger(ledger, marketplace.name), list(listing.flows))
         if not request.dry_run:
             plan = account.freeze_plan(ledger, plan)
             account.mark_disconnecting(ledger, marketplace.name, plan.policy)
         heading = "DRY RUN — nothing will be changed. A disconnect would:" if request.dry_run else "Disconnecting:"
-        print("\n".join([heading, *(f"  - {line}" for line in plan.describe())]))
+        lines = [*plan.describe(),
+                 *([f"Already paused, left as they are: {', '.join(listing.already_paused)}."]
+                   if listing.already_paused else []),
+                 *([f"WARNING: {listing.problem}"] if listing.problem else [])]
+        print("\n".join([heading, *(f"  - {line}" for line in lines)]))
         return {"dry_run": request.dry_run, "policy": plan.policy, "counts": plan.counts(),
-                "flows": list(plan.flows), "open_orders": [o["order_id"] for o in plan.open_orders][:100],
-                "plan": plan.describe()}
+                "flows": list(plan.flows), "flows_listed_via": listing.how, "can_pause": listing.can_pause,
+                "already_paused": list(listing.already_paused),
+                "open_orders": [o["order_id"] for o in plan.open_orders][:100], "plan": lines}
 
     @task(pool="mirakl_api")
     def disconnect(planned: dict) -> dict:
@@ -217,5 +223,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule=None, doc_md=__doc__, tags=["account"], params=PARAMS)
+    marketplace_dags(FLOW, build, schedule=None, doc_md=__doc__, tags=["account", "manual"], params=PARAMS,
+                    description="Manual, with a form: verify, disconnect or reconnect this marketplace")
 )

@@ -56,7 +56,8 @@ globals().update(
         build,
         schedule="*/5 * * * *",
         doc_md=__doc__,
-        tags=["catalogue", "offers"],
+        tags=["catalogue", "stock"],
+        description="Selected WooCommerce products published as complete Mirakl offers (OF24, P41)",
         params={"dry_run": Param(False, type="boolean",
                                  description="List what would be created, updated and retired; send nothing")},
     )

@@ -51,5 +51,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule="*/15 * * * *", doc_md=__doc__, tags=["quality", "alerts"])
+    marketplace_dags(FLOW, build, schedule="*/15 * * * *", doc_md=__doc__, tags=["quality"],
+                    description="Drift, deadlines and unmatched SKUs checked; one alert digest (e-mail, Slack)")
 )

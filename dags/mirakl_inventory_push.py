@@ -55,7 +55,8 @@ globals().update(
         build,
         schedule="* * * * *",
         doc_md=__doc__,
-        tags=["stock", "prices"],
+        tags=["stock"],
+        description="WooCommerce stock and prices pushed to the Mirakl offers (STO01, PRI01 deltas)",
         params={"full": Param(False, type="boolean", description="Compare every SKU with every Mirakl offer now")},
     )
 )

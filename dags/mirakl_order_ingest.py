@@ -64,5 +64,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule="* * * * *", doc_md=__doc__, tags=["orders"])
+    marketplace_dags(FLOW, build, schedule="* * * * *", doc_md=__doc__, tags=["orders"],
+                    description="New Mirakl orders accepted or refused line by line; stock reserved in WooCommerce")
 )

@@ -46,5 +46,6 @@ def build(marketplace: Marketplace) -> None:
 
 globals().update(
     marketplace_dags(FLOW, build, schedule="* * * * *", doc_md=__doc__, tags=["orders", "human-review"],
-                     max_active_runs=MAX_OPEN_RUNS)
+                     max_active_runs=MAX_OPEN_RUNS,
+                     description="Orders flagged for a person: one required action each, before Mirakl's deadline")
 )

@@ -1,7 +1,9 @@
 """
 ### Payout reconciliation — `mirakl_payout_reconciliation__<marketplace>`
 
-Nightly at 02:30 UTC for **the day before** (its data interval, one UTC day), per marketplace.
+Nightly at 02:30 UTC for **the day before** (its data interval, one UTC day), per marketplace:
+**a run dated D reconciles D−1** (the business date). Each run shows it: the first task's
+*Rendered Templates* tab and log say `reconciles: <day>`, and the report folder is named by it.
 Backfill any range from the UI (Trigger → Backfill) or `airflow backfill create --dag-id … --from-date …
 --to-date … --max-active-runs 4`: a run for a past day rebuilds exactly that day's report (it reads only
 what existed by the day's end, and overwrites that day only), and runs for different days are
@@ -64,6 +66,15 @@ def _run_day(context: dict):
     return Day((moment - timedelta(days=1)).date())
 
 
+def reconciled_day(data_interval_start=None, data_interval_end=None, logical_date=None, dag_run=None) -> str:
+    """The business date as a template macro, so it shows among the task's rendered fields."""
+    return _run_day({"data_interval_start": data_interval_start, "data_interval_end": data_interval_end,
+                     "logical_date": logical_date, "dag_run": dag_run}).day.isoformat()
+
+
+RECONCILES = "{{ reconciled_day(data_interval_start, data_interval_end, logical_date, dag_run) }}"
+
+
 def _stage(name: str, day):
     from include.woo_mirakl.finance_reports import reports_root
     from include.woo_mirakl.reconciliation import Stage
@@ -83,7 +94,7 @@ def build(marketplace: Marketplace) -> None:
     asset = report_asset(name)
 
     @task(pool="mirakl_api")
-    def extract_mirakl_day() -> dict[str, int]:
+    def extract_mirakl_day(reconciles: str) -> dict[str, int]:
         from airflow.sdk import get_current_context
 
         from include.woo_mirakl.config import get_marketplace
@@ -91,6 +102,7 @@ def build(marketplace: Marketplace) -> None:
         from include.woo_mirakl.reconciliation import extract_mirakl_day as extract
 
         day = _run_day(get_current_context())
+        print(f"reconciles: {reconciles} (business date of this run)")
         ledger = get_ledger()
         return extract(_mirakl(get_marketplace(name), ledger), ledger, name, day, _stage(name, day))
 
@@ -193,7 +205,7 @@ def build(marketplace: Marketplace) -> None:
         day = _run_day(context)
         return {"sent": send_finance_email(name, day.day, day_paths(name, day.day), context)}
 
-    day_extract = extract_mirakl_day()
+    day_extract = extract_mirakl_day(reconciles=RECONCILES)
     checked = day_extract >> extract_woocommerce() >> extract_mirakl_history() >> validate_transactions()
     report = reconcile_and_report()
     checked >> report
@@ -202,6 +214,8 @@ def build(marketplace: Marketplace) -> None:
 
 globals().update(
     marketplace_dags(
-        FLOW, build, schedule=SCHEDULE, doc_md=__doc__, tags=["reconciliation", "finance"],
+        FLOW, build, schedule=SCHEDULE, doc_md=__doc__, tags=["finance"],
+        description="Nightly: yesterday's Mirakl transactions and payouts reconciled with WooCommerce; reports for finance",
+        user_defined_macros={"reconciled_day": reconciled_day},
     )
 )

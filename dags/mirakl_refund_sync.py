@@ -47,5 +47,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule="*/5 * * * *", doc_md=__doc__, tags=["refunds"])
+    marketplace_dags(FLOW, build, schedule="*/5 * * * *", doc_md=__doc__, tags=["orders", "finance"],
+                    description="WooCommerce refunds sent to Mirakl, one OR28 each, never twice")
 )

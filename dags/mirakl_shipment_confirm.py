@@ -59,5 +59,6 @@ def build(marketplace: Marketplace) -> None:
 
 
 globals().update(
-    marketplace_dags(FLOW, build, schedule="*/5 * * * *", doc_md=__doc__, tags=["shipments"])
+    marketplace_dags(FLOW, build, schedule="*/5 * * * *", doc_md=__doc__, tags=["shipping"],
+                    description="Shipped WooCommerce orders confirmed on Mirakl with their tracking (OR23, OR24)")
 )

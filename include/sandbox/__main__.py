@@ -17,7 +17,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default=None, help="scenario to load at start (e.g. demo)")
     parser.add_argument("--state-file", default=None, help="JSON file the state is kept in across restarts")
     parser.add_argument("--validate-requests", action="store_true", help="check Mirakl requests against the spec")
+    parser.add_argument("--alert-sinks", action="store_true",
+                        help="also the local SMTP (:8025) and Slack webhook (:8026) stand-ins airflow_settings.yaml uses")
     args = parser.parse_args(argv)
+    sinks = []
+    if args.alert_sinks:
+        from include.sandbox.sinks import MailSink, SlackSink
+
+        sinks = [MailSink(port=8025), SlackSink(token_path="/services/local-demo", port=8026)]
 
     sandbox = Sandbox(seed=args.seed, state_file=args.state_file, validate_requests=args.validate_requests)
     if args.scenario:
@@ -31,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     sandbox.stop()
+    for sink in sinks:
+        sink.stop()
 
 
 if __name__ == "__main__":

@@ -436,7 +436,11 @@ def check_request(action: Any, offers_policy: Any, confirmation: Any, dry_run: A
     a dry run and a verify do not (the form cannot make one field depend on another)."""
     if action not in ACTIONS:
         raise RequestRefused(f"action must be one of {', '.join(ACTIONS)}; got {action!r}")
-    if offers_policy not in POLICIES:
+    if offers_policy is None and action != "disconnect":
+        pass  # only a disconnect uses the policy
+    elif offers_policy is None:
+        raise RequestRefused(f"choose what happens to the offers on disconnect: one of {', '.join(POLICIES)}")
+    elif offers_policy not in POLICIES:
         raise RequestRefused(f"offers_policy must be one of {', '.join(POLICIES)}; got {offers_policy!r}")
     if not isinstance(dry_run, bool):
         raise RequestRefused(f"dry_run must be true or false; got {dry_run!r}")
@@ -723,6 +727,56 @@ def default_pauser() -> FlowPauser:
     except AirflowNotFoundException:
         return MetadataDbPauser()
     return RestApiPauser(conn.host or "", conn.login or "", conn.password or "")
+
+
+@dataclass(frozen=True)
+class FlowListing:
+    """The flows a disconnect would pause, how they were found, and whether a real disconnect can pause them."""
+
+    flows: tuple[str, ...]
+    how: str
+    problem: str | None = None  # why a real disconnect could not pause them, in plain words
+    already_paused: tuple[str, ...] = ()  # someone paused them before: a disconnect leaves them (and a reconnect)
+
+    @property
+    def can_pause(self) -> bool:
+        return self.problem is None
+
+
+def project_flow_ids(marketplace: str, dags_folder: str | None = None) -> list[str]:
+    """The marketplace's DAG ids as the DAG files define them (one ``<flow>.py`` per flow), without Airflow."""
+    from pathlib import Path
+
+    if dags_folder is None:
+        from airflow.configuration import conf
+
+        dags_folder = conf.get("core", "dags_folder")
+    return marketplace_flow_ids((f"{p.stem}__{marketplace}" for p in Path(dags_folder).glob("mirakl_*.py")),
+                                marketplace)
+
+
+def list_flows_to_pause(marketplace: str, pauser_factory: Callable[[], FlowPauser] | None = None,
+                        dags_folder: str | None = None) -> FlowListing:
+    """The running flows a disconnect pauses. When Airflow cannot be asked (an Airflow 3 worker may
+    not use the metadata database, and there is no ``airflow_api`` connection), the flows the DAG
+    files define, and a plain statement that a real disconnect could not pause them."""
+    try:
+        pauser = (pauser_factory or default_pauser)()
+        dags = pauser.list_dags()
+    except Exception as error:  # noqa: BLE001 - reported to the user, who decides what to do
+        flows = tuple(project_flow_ids(marketplace, dags_folder))
+        if isinstance(error, RuntimeError) and "ORM is not allowed" in str(error):
+            why = (f"there is no '{API_CONN_ID}' connection and tasks on Airflow 3 workers may not use "
+                   "Airflow's metadata database")
+        else:
+            why = f"asking Airflow for its DAGs failed ({type(error).__name__}: {error})"
+        return FlowListing(flows, "the DAG files", (
+            f"A real disconnect could NOT pause these {len(flows)} flow(s): {why}. Add the '{API_CONN_ID}' "
+            "connection (type HTTP: host = the Airflow API server URL, login and password of a user allowed "
+            "to edit DAGs; `make airflow` and the compose file create one) or pause them by hand first."))
+    flows = marketplace_flow_ids(dags, marketplace)
+    return FlowListing(tuple(d for d in flows if not dags[d]), pauser.how,
+                       already_paused=tuple(d for d in flows if dags[d]))
 
 
 def pause_flows(pauser: FlowPauser, marketplace: str) -> list[str]:

@@ -60,7 +60,7 @@ def marketplace_dags(
             max_active_runs=max_active_runs,
             default_args=default_args,
             doc_md=doc_md,
-            tags=["woo-mirakl", flow, f"marketplace:{marketplace.name}", *(tags or [])],
+            tags=["woo-mirakl", f"marketplace:{marketplace.name}", *(tags or [])],
             **dag_kwargs,
         ) as dag:
             build(marketplace)

@@ -16,6 +16,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.woo_mirakl.report_labels import label
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -223,7 +225,7 @@ def findings_chart(findings: pd.DataFrame, kinds: tuple[str, ...], width: int = 
         count = int(counts.get(kind, 0))
         y = 10 + index * row_h
         w = (width - left - 60) * count / peak
-        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(kind)}</text>'
+        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(label(kind))}</text>'
                      f'<rect class="bar finding" data-kind="{html.escape(kind)}" x="{left}" y="{y}" width="{w:.1f}" '
                      f'height="{row_h - 6}" fill="#c53030"><title>{html.escape(kind)}: {count}</title></rect>'
                      f'<text x="{left + w + 6:.1f}" y="{y + 15}" font-size="12">{count}</text>')
@@ -264,7 +266,7 @@ def render_html(result: Reconciliation, trend: list[dict[str, Any]], marketplace
         f"<h2>Findings by kind</h2>{findings_chart(result.findings, FINDING_KINDS)}"
         f'<h2>Findings ({len(result.findings)})</h2>{_table(result.findings, "findings")}'
         f'<h2>Payouts ({len(result.payouts)})</h2>{_table(result.payouts, "payouts")}'
-        f'<h2>Summary</h2>{_table(result.summary, "summary")}'
+        f'<h2>Summary</h2>{_table(result.summary.assign(metric=result.summary["metric"].map(label)), "summary")}'
         f'<h2>Order lines ({len(result.lines)})</h2>{_table(result.lines, "lines")}'
         "</body></html>\n"
     )
@@ -273,7 +275,7 @@ def render_html(result: Reconciliation, trend: list[dict[str, Any]], marketplace
 def email_body(summary_frame: pd.DataFrame, marketplace: str, day: date, paths: ReportPaths) -> str:
     """The finance e-mail: headline figures, findings by kind, where the files are."""
     summary = dict(zip(summary_frame["metric"], summary_frame["value"]))
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(label(str(k)))}</td><td>{html.escape(_fmt(v))}</td></tr>"
                    for k, v in summary.items())
     return (f"<p>Mirakl reconciliation of <b>{html.escape(marketplace)}</b> for <b>{day.isoformat()}</b>: "
             f"{summary.get('findings', 0)} finding(s). The workbook is attached; all files are in "

@@ -66,6 +66,21 @@ def test_contract(dagbag):
             assert task.on_failure_callback, (dag_id, task.task_id)
 
 
+AREAS = {"orders", "stock", "catalogue", "shipping", "finance", "quality", "account"}
+
+
+def test_the_dag_list_explains_and_filters(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        flow = dag_id.split("__")[0]
+        assert dag.description and "\n" not in dag.description and len(dag.description) <= 120, dag_id
+        others = set(dag.tags) - {"woo-mirakl", "manual", "human-review"}
+        areas = others - {t for t in dag.tags if t.startswith("marketplace:")}
+        assert areas and areas <= AREAS, (dag_id, dag.tags)
+        assert flow not in dag.tags, (dag_id, "the flow name repeated as a tag")
+        manual = dag.schedule is None
+        assert ("manual" in dag.tags) is manual and dag.description.startswith("Manual") is manual, dag_id
+
+
 def test_pools_used_exist_in_settings(dagbag):
     from include.woo_mirakl.settings_loader import parse_settings
 

@@ -46,7 +46,7 @@ def airflow_env(sandbox, ledger_url, airflow_db):
     values = {
         "AIRFLOW_CONN_MIRAKL_SANDBOX": {
             "conn_type": "mirakl", "host": sandbox.mirakl_url, "password": sandbox.mirakl.api_key,
-            "extra": {"shop_id": str(sandbox.mirakl.shop_id), "retry_base_delay": 0.05, "timeout": CLIENT_TIMEOUT},
+            "extra": {"shop_id": sandbox.mirakl.shop_id, "retry_base_delay": 0.05, "timeout": CLIENT_TIMEOUT},
         },
         "AIRFLOW_CONN_WOOCOMMERCE_DEFAULT": {
             "conn_type": "woocommerce", "host": sandbox.woo_url, "login": sandbox.woo.consumer_key,

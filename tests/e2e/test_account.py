@@ -16,6 +16,7 @@ SKUS = [f"ACC-{i}" for i in range(1, 6)]
 @pytest.fixture(scope="module", autouse=True)
 def catalogue(sandbox, airflow_env):
     """Five products in WooCommerce (one variable, with two variations) and their five offers on Mirakl."""
+    sandbox.woo.settings["shipment_tracking_installed"] = True  # the sandbox store lacks it unless installed
     sandbox.woo.add_simple_product("ACC-1", "10.00", 5)
     sandbox.woo.add_simple_product("ACC-2", "12.00", 0)
     sandbox.woo.add_simple_product("ACC-3", "8.00", 9)
@@ -98,6 +99,10 @@ def test_verify_good_setup_shows_the_shop(sandbox, ledger):
     assert found["woo.skus"]["details"] == {"items": 6, "duplicates": 0, "without_sku": 0}
     assert found["woo.tracking"]["status"] == "ok"
     assert task_states(run)["plan_disconnect"] == "skipped"
+    # The README's keys: XCom `summary` (also the return value) with ok, failed, warnings, checks.
+    summary = xcom(run, "report_verification", "summary")
+    assert summary == xcom(run, "report_verification")
+    assert {"ok", "failed", "warnings", "checks"} <= set(summary) and summary["ok"] is True
     assert sandbox.log.count("mirakl", "A01") == 1
     summary = json.dumps(last_verify(ledger))
     assert sandbox.mirakl.api_key not in summary and sandbox.woo.consumer_secret not in summary
@@ -194,7 +199,8 @@ def test_disconnect_without_the_exact_confirmation_is_refused_before_any_call(sa
     assert sandbox.log.count("mirakl") == before
     assert ledger.get_cursor("mirakl_account", MARKETPLACE, "connection") is None
     # The user's typo: the run says why, and nothing reaches on-call.
-    assert [e for e in ledger.open_exceptions(MARKETPLACE) if e.kind == "task_failure"] == []
+    assert [e for e in ledger.open_exceptions(MARKETPLACE)
+            if e.kind == "task_failure" and e.key.endswith(".plan_disconnect")] == []
     assert mail_sink.messages == [] and slack_sink.payloads == []
 
 
@@ -216,6 +222,26 @@ def test_dry_run_reports_and_changes_nothing(sandbox, ledger):
     assert writes == []
     assert flows_paused() and not any(flows_paused().values())
     assert ledger.get_cursor("mirakl_account", MARKETPLACE, "connection") is None
+
+
+def test_dry_run_on_an_airflow_3_worker_without_the_api_lists_the_flows_and_says_it_could_not_pause(
+        sandbox, ledger, monkeypatch):
+    from include.woo_mirakl import account
+
+    def orm_refused(self):  # what the Task SDK raises on a real Airflow 3 worker
+        raise RuntimeError("Direct database access via the ORM is not allowed in Airflow 3.0")
+
+    unpause_flows()
+    monkeypatch.delenv("AIRFLOW_CONN_AIRFLOW_API", raising=False)
+    monkeypatch.setattr(account.MetadataDbPauser, "list_dags", orm_refused)
+    run = run_dag(DAG_ID, {"action": "disconnect", "offers_policy": "keep"})
+    assert run.state == "success", task_states(run)
+    report = xcom(run, "plan_disconnect")
+    assert sorted(report["flows"]) == sorted(flows_paused()) and len(report["flows"]) >= 7
+    assert report["can_pause"] is False and report["flows_listed_via"] == "the DAG files"
+    assert any(line.startswith(f"Pause {len(report['flows'])} flow(s): mirakl_") for line in report["plan"])
+    warning = report["plan"][-1]
+    assert warning.startswith("WARNING: A real disconnect could NOT pause these") and "'airflow_api'" in warning
 
 
 def test_zero_sets_every_offer_to_zero_with_one_stock_file_and_pauses_the_flows(sandbox, ledger):

@@ -225,6 +225,8 @@ def test_the_html_page_is_self_contained_with_both_charts(period, reports):
     assert page.count("<svg") == 2 and 'id="chart-trend"' in page and 'id="chart-findings"' in page
     assert page.count('class="bar sales"') == 3  # days 1 to 3 in the trend
     assert 'data-kind="payout_mismatch"' in page
+    assert ">Payout differs from its lines</text>" in page and "Findings: Refunded on Mirakl only" in page
+    assert ">findings_" not in page  # plain words for people; the CSVs keep the names
     assert "<script" not in page and "src=" not in page
 
 
@@ -234,7 +236,8 @@ def test_finance_gets_the_summary_and_the_workbook_by_email(period):
     d2 = next(m for m in finance if D2.isoformat() in m["Subject"])
     attachments = [part.get_filename() for part in d2.iter_attachments()]
     assert attachments == ["reconciliation.xlsx"]
-    assert "refund_amount_mismatch" in d2.get_body(preferencelist=("html",)).get_content()
+    body = d2.get_body(preferencelist=("html",)).get_content()
+    assert "Findings: Refunded for a different amount</td><td>1" in body and "findings_" not in body
 
 
 def test_commission_is_written_back_to_the_woocommerce_orders(period, sandbox):
@@ -287,6 +290,18 @@ def test_without_a_mail_server_the_run_is_green_the_report_written_and_finance_w
     assert (directory / "index.html").exists() and (directory / "reconciliation.xlsx").exists()
     assert any("finance e-mail" in r.getMessage() and "not sent" in r.getMessage() and D4.isoformat() in r.getMessage()
                for r in caplog.records)
+
+
+def test_each_run_shows_the_business_date_it_reconciles_among_its_rendered_fields(period):
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+
+    run = run_for(D3)  # dated D4 02:30: reconciles D3
+    assert run.logical_date.date() == D4
+    ti = next(t for t in run.get_task_instances() if t.task_id == "extract_mirakl_day")
+    with create_session() as session:
+        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
+    assert rendered["op_kwargs"] == {"reconciles": D3.isoformat()}
 
 
 def test_the_report_is_an_asset_event(period):

@@ -124,3 +124,73 @@ def test_the_summary_counts_only_recent_orders_in_the_funnel(ledger):
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
 
     assert set(marketplace_summary(store, MP, now=later)["funnel"].values()) == {0}
+
+
+def test_each_kind_says_what_happened_and_what_to_do_one_row_per_sku_and_a_log_link(ledger):
+    from plugins.operations_page import marketplace_summary
+
+    store, _ = ledger
+    for kind in ("unmatched_sku_missing_in_woocommerce", "pushed_sku_missing"):
+        store.raise_exception(kind, "SKU-GHOST", {"offer_sku": "SKU-GHOST"}, MP, severity="warning")
+    body = ("DAG: mirakl_inventory_push__sandbox\nTask: push_stock\nMarketplace: sandbox\n"
+            "Run: scheduled__2026-12-03T08:00:00+00:00\nTry: 4\nError: ApiError: HTTP 500 from STO01\nLog: \n")
+    store.raise_exception("task_failure", "mirakl_inventory_push__sandbox.push_stock", {"subject": "s", "body": body}, MP)
+    runs = {"mirakl_order_ingest__sandbox": {"success": {"at": "2026-12-03T08:01:00", "run_id": "scheduled__x"}},
+            "mirakl_payout_reconciliation__sandbox": {"failed": {"at": "2026-12-03T02:31:00", "run_id": "scheduled__y"}}}
+
+    summary = marketplace_summary(store, MP, runs=lambda dag_ids: runs)
+
+    rows = {e["key"]: e for e in summary["exceptions"]}
+    ghost = rows["SKU-GHOST"]
+    assert [e["key"] for e in summary["exceptions"]].count("SKU-GHOST") == 1 and ghost["also"] == ["pushed_sku_missing"]
+    assert len(ghost["ids"]) == 2 and "has no WooCommerce product" in ghost["guidance"]["what"]
+    failure = rows["mirakl_inventory_push__sandbox.push_stock"]
+    assert "ApiError: HTTP 500 from STO01" in failure["guidance"]["what"] and "clear the task" in failure["guidance"]["todo"]
+    assert failure["log_path"] == ("/dags/mirakl_inventory_push__sandbox/runs/scheduled__2026-12-03T08%3A00%3A00%2B00%3A00"
+                                   "/tasks/push_stock")
+    assert rows["vs_woocommerce:SKU-7"]["guidance"]["what"] == "Mirakl shows 2 for SKU SKU-7; WooCommerce stock says 9."
+    flows = {r["flow"]: r for r in summary["runs"]}
+    assert {"mirakl_order_ingest", "mirakl_payout_reconciliation", "mirakl_account", "mirakl_inventory_push"} <= set(flows)
+    assert flows["mirakl_order_ingest"]["last_success_at"] == "2026-12-03T08:01:00"
+    assert flows["mirakl_payout_reconciliation"]["last_failure_run_id"] == "scheduled__y"
+    assert flows["mirakl_inventory_push"]["last_success_at"] is None
+
+
+def test_acknowledged_exceptions_leave_the_open_list_and_its_count(ledger):
+    from plugins.operations_page import marketplace_summary
+
+    store, _ = ledger
+    before = marketplace_summary(store, MP, runs=lambda ids: {})
+    target = next(e for e in before["exceptions"] if e["kind"] == "woo_order_missing")
+    store.acknowledge(target["id"], by="oncall")
+    after = marketplace_summary(store, MP, runs=lambda ids: {})
+    assert after["open_count"] == before["open_count"] - 1
+    assert target["id"] not in [e["id"] for e in after["exceptions"]]
+    assert [e["acknowledged_by"] for e in after["acknowledged"] if e["id"] == target["id"]] == ["oncall"]
+
+
+def test_finance_reaches_each_days_report_files_from_the_reports_page(client, token, tmp_path, monkeypatch):
+    monkeypatch.setenv("WOO_MIRAKL_REPORTS_DIR", str(tmp_path))
+    day = tmp_path / "reconciliation" / MP / "2026-11-30"
+    day.mkdir(parents=True)
+    (day / "summary.csv").write_text("metric,value\ncurrency,EUR\nsales,120.50\ncommissions,-12.05\nrefunds,0.00\n"
+                                     "payout_paid,0.00\nfindings,1\nfindings_refund_missing_in_woocommerce,1\n")
+    (day / "index.html").write_text("<html><h1>Mirakl reconciliation — sandbox — 2026-11-30</h1></html>")
+    (day / "reconciliation.xlsx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "reconciliation" / MP / ".staging-not-a-day").mkdir()
+    cookies = {"_token": token}
+
+    page = client.get("/woo-mirakl/reports/", cookies=cookies)
+
+    assert page.status_code == 200
+    assert 'data-day="2026-11-30"' in page.text and "Sales (items and shipping)" in page.text and "120.50 EUR" in page.text
+    assert 'href="sandbox/2026-11-30/index.html">HTML report<' in page.text and "Excel workbook" in page.text
+    assert "findings_" not in page.text and "staging" not in page.text
+    html = client.get("/woo-mirakl/reports/sandbox/2026-11-30/index.html", cookies=cookies)
+    assert html.status_code == 200 and "Mirakl reconciliation — sandbox — 2026-11-30" in html.text
+    workbook = client.get("/woo-mirakl/reports/sandbox/2026-11-30/reconciliation.xlsx", cookies=cookies)
+    assert workbook.status_code == 200 and "attachment" in workbook.headers["content-disposition"]
+    for path in ("sandbox/2026-11-30/secret.txt", "other/2026-11-30/index.html", "sandbox/..%2F..%2Fx/index.html",
+                 "sandbox/2026-11-30/lines.csv"):
+        assert client.get(f"/woo-mirakl/reports/{path}", cookies=cookies).status_code == 404, path
+    assert client.get("/woo-mirakl/reports/").status_code == 401

@@ -74,8 +74,25 @@ def test_the_form_offers_exactly_the_validated_choices():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert tuple(module.PARAMS["action"].schema["enum"]) == ACTIONS
-    assert tuple(module.PARAMS["offers_policy"].schema["enum"]) == POLICIES
+    assert tuple(p for p in module.PARAMS["offers_policy"].schema["enum"] if p is not None) == POLICIES
     assert module.PARAMS["dry_run"].value is True
+
+
+def test_the_form_requires_only_what_every_action_needs_and_describes_the_action():
+    spec = importlib.util.spec_from_file_location("mirakl_account_dag", ROOT / "dags" / "mirakl_account.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    policy = module.PARAMS["offers_policy"].schema
+    assert "null" in policy["type"] and None in policy["enum"]  # the UI marks a field without null "required"
+    assert "verify" in module.PARAMS["action"].description
+    assert "disconnect" in module.PARAMS["offers_policy"].description.lower()
+
+
+def test_verify_needs_no_offers_policy_but_a_disconnect_does():
+    assert check_request("verify", None, None, True).offers_policy is None
+    assert check_request("reconnect", None, None, True).action == "reconnect"
+    with pytest.raises(RequestRefused, match="choose what happens to the offers"):
+        check_request("disconnect", None, None, True)
 
 
 # ---- disconnect plans ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def test_project_settings_parse_with_env_expansion(monkeypatch):
     conns = {c["conn_id"]: c for c in settings.connections}
     assert conns["mirakl_sandbox"]["host"] == "http://127.0.0.1:9991"
     assert conns["mirakl_sandbox"]["type"] == "mirakl"
-    assert json.loads(conns["mirakl_sandbox"]["extra"]) == {"shop_id": "2001"}
+    assert json.loads(conns["mirakl_sandbox"]["extra"]) == {"shop_id": 2001}
     assert conns["woocommerce_default"]["login"] == "ck_sandbox"
     assert json.loads(conns["woo_mirakl_ledger"]["extra"])["sqlalchemy_url"].endswith("/var/ledger.db")
     assert {p["name"] for p in settings.pools} == {"mirakl_api", "woocommerce_api"}
