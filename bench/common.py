@@ -111,7 +111,7 @@ def ceiling_breaches(entries: list[dict], limits: Any = None,
     """Mirakl calls of the sandbox's call log that broke a published window (in sandbox time).
 
     ``variants`` names the variant a call was made under (e.g. OF52 differential / full);
-    without it every call is held to the operation's strictest windows; ``"uncounted"`` leaves
+    without it, the variant the sandbox logged (else the strictest windows); ``"uncounted"`` leaves
     a call out (a later page of a listing, where the marketplace counts a listing once).
     """
     from include.sandbox.core import parse_iso
@@ -122,7 +122,7 @@ def ceiling_breaches(entries: list[dict], limits: Any = None,
     for entry in entries:
         if entry["service"] != "mirakl" or entry.get("status") is None or entry["status"] >= 400:
             continue
-        variant = variants(entry) if variants else None
+        variant = variants(entry) if variants else entry.get("variant")
         if variant == "uncounted":
             continue
         key = entry["operation"] if variant is None else f"{entry['operation']}:{variant}"

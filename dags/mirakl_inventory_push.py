@@ -7,10 +7,13 @@ WooCommerce is the truth; Mirakl offers follow it.
    error reports (STO03 / PRI03); what Mirakl accepted is recorded per SKU in the ledger,
    rejected SKUs are flagged and retried, SKUs Mirakl does not know become *unmatched SKU*
    exceptions.
-2. **push_changes** — SKUs that may have changed (products and variations modified since the last
-   cycle, SKUs on orders modified since then, marketplace demand that changed, SKUs to retry),
-   their *available to promise* (stock − Mirakl demand not yet reserved in WooCommerce − safety
-   buffer, never below 0) and marketplace price (price rule); only the differences with what
+2. **push_changes** — first a fresh OR11 listing of every marketplace of the store (shared with
+   the order ingest: orders Mirakl has sold and the ingest has not read yet), then SKUs that may
+   have changed (products and variations modified since the last cycle, SKUs on orders modified
+   since then, marketplace demand that changed, SKUs to retry or held back),
+   their *available to promise* (stock − demand of every marketplace not yet reserved in
+   WooCommerce − safety buffer, never below 0) and marketplace price (price rule); a cycle without
+   a fresh listing only lowers offers, never above what Mirakl holds; only the differences with what
    Mirakl accepted go out, in **one** stock file and **one** price file. Hourly — or when
    triggered with `{"full": true}` — a full comparison of every WooCommerce SKU with every
    Mirakl offer repairs drift and records unmatched SKUs in both directions.

@@ -221,6 +221,11 @@ class Service:
     def tick(self, now: datetime) -> None:
         """Apply time-driven transitions (deadlines, delays) up to ``now``."""
 
+    def call_variant(self, request: Request, operation: str) -> str | None:
+        """Which of an operation's published ceilings a call falls under (e.g. a full or a
+        differential export), for checking the call log against them; None when one ceiling."""
+        return None
+
 
 @dataclass
 class FaultRule:
@@ -519,6 +524,7 @@ class Sandbox:
             "status": None,
             "fault": None,
             "violations": [],
+            "variant": service.call_variant(request, operation),
             "applied": False,
         }
         fault = self.faults.pick(service.name, operation)

@@ -20,6 +20,7 @@ MAX_SEEK_LIMIT = 2000
 DEFAULT_SEEK_LIMIT = 10
 ORDER_ACTIONS = ("debit", "receive", "close")
 TL05_PATH = "/api/sellerpayment/transactions_logs/export/async/file"
+OF54_PATH = "/api/offers/export/async/file"
 DOWNLOADS = ("TL05", "OF54")  # files at the URL a status call gives: the spec routes them nowhere
 
 
@@ -50,6 +51,9 @@ class MiraklService(Service):
             ("GET", "/api/products/imports/{import_id}/error_report", "P44", self._p44),
             ("GET", "/api/products/imports/{import_id}/new_product_report", "P45", self._p45),
             ("GET", "/api/offers/export", "OF51", self._of51),
+            ("POST", "/api/offers/export/async", "OF52", self._of52),
+            ("GET", "/api/offers/export/async/status/{tracking_id}", "OF53", self._of53),
+            ("GET", OF54_PATH + "/{tracking_id}", "OF54", self._of54),
             ("POST", "/api/offers/stock/imports", "STO01", self._sto01),
             ("GET", "/api/offers/stock/imports/{import_id}/status", "STO02", self._sto02),
             ("GET", "/api/offers/stock/imports/{import_id}/error_report", "STO03", self._sto03),
@@ -120,6 +124,18 @@ class MiraklService(Service):
             request.method, request.path, request.query, dict(request.headers.items()), request.body,
             request.headers.get("Content-Type") or "application/json",
         )
+
+    def call_variant(self, request: Request, operation: str) -> str | None:
+        if operation == "OF51":
+            return "differential" if request.arg("last_request_date") else "full"
+        if operation in ("OF52", "OR13"):
+            try:
+                body = request.json() or {}
+            except ValueError:
+                return None
+            dated = isinstance(body, dict) and (body.get("last_request_date") or body.get("start_update_date"))
+            return "differential" if dated else "full"
+        return None
 
     def tick(self, now: datetime) -> None:
         self.store.tick(now)
@@ -382,6 +398,20 @@ class MiraklService(Service):
         csv_text = self.store.export_csv(self._date(request, "last_request_date"),
                                          self._bool(request, "include_inactive_offers", False))
         return Response(200, csv_text, content_type="text/csv; charset=UTF-8")
+
+    def _of52(self, request: Request) -> Response:
+        record = self.store.export_offers_async(self._now(), self._body(request))
+        return Response(200, {"tracking_id": record["tracking_id"]})
+
+    def _of53(self, request: Request) -> Response:
+        record = self.store.export_record("offers", request.path_params["tracking_id"])
+        url = self._file_url(request, f"{OF54_PATH}/{record['tracking_id']}")
+        return Response(200, self.store.export_status_json(self._now(), record, url))
+
+    def _of54(self, request: Request) -> Response:
+        record = self.store.export_record("offers", request.path_params["tracking_id"])
+        content, content_type = self.store.export_chunk(self._now(), record, request.arg("file"))
+        return Response(200, content, content_type=content_type)
 
     # Imports --------------------------------------------------------------------------------------------
     def _create_import(self, request: Request, kind: str, status_path: str) -> Response:

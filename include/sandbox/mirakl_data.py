@@ -107,7 +107,7 @@ class MiraklSettings:
     product_ean_attribute: str = "ean"
     # Asynchronous exports (TL03, OF52) stay PENDING this many sandbox seconds after the request.
     export_delay_s: float = 30.0
-    export_items_per_chunk: int = 100_000  # when the request gives none (the spec names no default)
+    export_items_per_chunk: int = 100_000  # the largest chunk made, whatever the request asks
 
 
 def _encode_token(**fields: Any) -> str:
@@ -1350,12 +1350,64 @@ class MiraklStore:
         export_format = str(body.get("format") or "JSON").upper()
         if export_format not in ("JSON", "NDJSON"):
             raise ApiError(400, f"Invalid format {export_format!r}: JSON or NDJSON")
-        per_chunk = int(body.get("items_per_chunk") or self.settings.export_items_per_chunk)
+        # the requested chunk size, cut down to the largest the server makes (clients must follow every URL)
+        cap = self.settings.export_items_per_chunk
+        per_chunk = min(int(body.get("items_per_chunk") or cap), cap)
         if per_chunk <= 0:
             raise ApiError(400, f"Invalid items_per_chunk {per_chunk}")
         rows = sorted((t for t in self.transactions if _transaction_matches(t, filters)),
                       key=lambda t: (t["date_created"], t["seq"]))
         return self._new_export(now, "transactions", [dict(t) for t in rows], per_chunk, export_format)
+
+    def export_offers_async(self, now: datetime, body: dict) -> dict:
+        """OF52: every active offer (full), or every offer changed since ``last_request_date``
+        (differential: deleted and inactive ones too), as JSON or CSV chunks."""
+        export_type = body.get("export_type") or "text/csv"
+        if export_type not in ("text/csv", "application/json"):
+            raise ApiError(400, f"Invalid export_type {export_type!r}: text/csv or application/json")
+        since = body.get("last_request_date")
+        if since and body.get("include_inactive_offers") is not None:
+            raise ApiError(400, "include_inactive_offers cannot be used with last_request_date")
+        try:
+            since = iso(parse_iso(since)) if since else None
+        except ValueError as error:
+            raise ApiError(400, f"Invalid last_request_date {since!r}") from error
+        per_chunk = int(body.get("items_per_chunk") or 1_000_000)
+        if not 10_000 <= per_chunk <= 1_000_000:
+            raise ApiError(400, f"Invalid items_per_chunk {per_chunk}: between 10000 and 1000000")
+        include_inactive = bool(body.get("include_inactive_offers"))
+        rows = []
+        for sku in self._offer_order:
+            offer = self.offers[sku]
+            if since:
+                if offer["last_updated"] < since:
+                    continue
+            elif offer["deleted"] or (offer["quantity"] <= 0 and not include_inactive):
+                continue
+            rows.append(self._export_json(offer) if export_type == "application/json" else self._export_row(offer))
+        per_chunk = min(per_chunk, self.settings.export_items_per_chunk)
+        return self._new_export(now, "offers", rows, per_chunk, "JSON" if export_type == "application/json" else "CSV")
+
+    def _export_json(self, offer: dict) -> dict:
+        """One offer of an OF54 JSON file (the fields of the spec's example)."""
+        prices: dict[str, Any] = {"origin_price": offer["price"],
+                                  "volume_prices": [{"quantity_threshold": 1, "unit_origin_price": offer["price"]}]}
+        if offer.get("discount_price") is not None:
+            prices["discount_price"] = offer["discount_price"]
+            prices["volume_prices"][0]["unit_discount_price"] = offer["discount_price"]
+        return {
+            "active": offer["quantity"] > 0 and not offer["deleted"], "allow_quote_requests": False, "channels": [],
+            "currency_iso_code": self.settings.currency, "date_created": offer["date_created"],
+            "deleted": offer["deleted"], "description": offer["description"], "eco_contributions": [],
+            "fulfillment": {"center": {"code": "DEFAULT"}}, "is_professional": True,
+            "last_updated": offer["last_updated"], "leadtime_to_ship": offer["leadtime_to_ship"],
+            "logistic_class": {"code": offer["logistic_class"]}, "min_shipping_price": 0,
+            "min_shipping_price_additional": 0, "min_shipping_type": "STD", "min_shipping_zone": "DOM1",
+            "no_commission": False, "offer_id": offer["offer_id"], "ongoing_discount_campaigns": [],
+            "premium": False, "prices": [prices], "product_sku": offer["product_sku"], "quantity": offer["quantity"],
+            "shop_id": self.settings.shop_id, "shop_name": self.settings.shop_name, "shop_sku": offer["shop_sku"],
+            "state_code": offer["state_code"],
+        }
 
     def _new_export(self, now: datetime, kind: str, rows: list[dict], per_chunk: int, export_format: str) -> dict:
         tracking_id = self._uuid()
@@ -1376,7 +1428,7 @@ class MiraklStore:
         """TL04 / OF53: PENDING until the export is ready, then the URL of every chunk."""
         if iso(now) < record["ready_at"]:
             return {"status": "PENDING", "last_updated": record["requested"]}
-        suffix = "ndjson" if record["format"] == "NDJSON" else record["format"].lower()
+        suffix = record["format"].lower()
         return {"status": "COMPLETED", "last_updated": record["ready_at"],
                 "urls": [f"{file_url}?file={index}.{suffix}" for index in range(len(record["chunks"]))]}
 
@@ -1388,6 +1440,13 @@ class MiraklStore:
         if not index.isdigit() or int(index) >= len(record["chunks"]):
             raise ApiError(404, f"Export {record['tracking_id']} has no file {file_name!r}")
         rows = [{k: v for k, v in t.items() if k != "seq"} for t in record["chunks"][int(index)]]
+        if record["format"] == "CSV":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, delimiter=";", lineterminator="\n")
+            writer.writerow(EXPORT_COLUMNS)
+            for row in rows:
+                writer.writerow([row[c] for c in EXPORT_COLUMNS])
+            return buffer.getvalue(), "text/csv; charset=UTF-8"
         if record["format"] == "NDJSON":
             return "".join(json.dumps(r) + "\n" for r in rows), "application/x-ndjson"
         return json.dumps({"data": rows} if record["kind"] == "transactions" else rows), "application/json"

@@ -16,7 +16,11 @@ One cycle (every minute, one at a time) has two steps:
     price rule; see :mod:`include.woo_mirakl.stock`), and sends only what differs from what
     Mirakl accepted: **one** STO01 file and **one** PRI01 file. Periodically (and on demand)
     it runs a *full comparison* instead: every WooCommerce SKU against every Mirakl offer
-    (OF21), which also finds unmatched SKUs in both directions and repairs any drift.
+    (the offer export, :mod:`include.woo_mirakl.offer_export`; WooCommerce pages read by a
+    small bounded pool), which also finds unmatched SKUs in both directions and repairs any drift.
+    Demand is the whole store's, learnt first from a fresh OR11 listing of every marketplace
+    shared with the order ingest; a cycle without one only lowers offers, never above what
+    Mirakl holds (see :mod:`include.woo_mirakl.unseen_demand`).
 
 Mirakl's ceilings are never exceeded: every call asks the call budget kept in the ledger.
 A cycle that comes too early (a manual trigger, a retry) *coalesces*: it sends nothing,
@@ -41,7 +45,18 @@ from include.woo_mirakl.clients.mirakl import MiraklClient, PriceLine, StockLine
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
-from include.woo_mirakl.stock import AcceptedOffer, OfferTarget, WooItem, offer_target, price_to_send, quantity_to_send
+from include.woo_mirakl.offer_export import read_offers
+from include.woo_mirakl.stock import (
+    AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
+)
+from include.woo_mirakl.woo_pages import iter_pages_pooled
+from include.woo_mirakl.unseen_demand import (  # noqa: F401 - OPEN_ORDER_STATES kept importable from here
+    DEFAULT_FRESH_FOR,
+    OPEN_ORDER_STATES,
+    DemandWatch,
+    Knowledge,
+    allowed_quantity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +70,6 @@ VARIATION_WITHOUT_SKU = "variation_without_sku"
 OFFER_UPDATE_REJECTED = "offer_update_rejected"  # Mirakl refused a line for another reason: retried
 PUSH_DEFERRED = "inventory_push_deferred"  # several cycles in a row could not hand their deltas over
 
-# Mirakl orders whose units WooCommerce has not reserved yet when they have no WooCommerce order.
-OPEN_ORDER_STATES = ("STAGING", "WAITING_ACCEPTANCE", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "SHIPPING")
 WOO_ITEM_FIELDS = "id,sku,type,status,manage_stock,stock_quantity,stock_status,price,parent_id,date_modified_gmt"
 WOO_ORDER_FIELDS = "id,date_modified_gmt,line_items"
 SKU_LOOKUP_CHUNK = 50
@@ -73,6 +86,9 @@ class InventorySettings:
     # A STO01/PRI01 slot opening within this many seconds is waited for, so scheduler jitter
     # between two every-minute runs does not cost a whole cycle. Status calls never wait.
     send_wait: float = 10.0
+    woo_page_pool: int = 3  # WooCommerce pages read at once by a full comparison (a small store's share)
+    # How old a complete OR11 listing may be for a cycle to trust the ledger's demand and raise.
+    listing_fresh_for: timedelta = DEFAULT_FRESH_FOR
 
 
 @dataclass
@@ -85,6 +101,8 @@ class Plan:
     cursors: dict[str, str | None] = field(default_factory=dict)
     examined: int = 0
     confirmed: list[dict[str, Any]] = field(default_factory=list)  # full comparison: ledger rows to heal
+    live: dict[str, int | None] = field(default_factory=dict)  # full comparison: Mirakl's quantities
+    held_back: set[str] = field(default_factory=set)  # raises an unsure cycle did not send
 
 
 def _parse_gmt(value: str | None) -> datetime | None:
@@ -126,6 +144,7 @@ class InventoryPush:
         *,
         settings: InventorySettings | None = None,
         clock: Callable[[], datetime] | None = None,
+        demand_watch: DemandWatch | None = None,
     ):
         self.marketplace = marketplace
         self.woo = woo
@@ -135,6 +154,10 @@ class InventoryPush:
         self.settings = settings or InventorySettings()
         self.clock = clock or budget.clock
         self._variations_route: bool | None = None
+        # Without a store-wide watch (scripts, benchmarks) the cycle lists its own marketplace only.
+        self.demand_watch = demand_watch or DemandWatch(
+            marketplace, ledger, self._list_own_orders, store=[marketplace], clock=self.clock,
+            fresh_for=self.settings.listing_fresh_for)
 
     # ---- small helpers ----------------------------------------------------------------------
     @property
@@ -277,8 +300,11 @@ class InventoryPush:
         full = full or last_full is None or now - last_full >= self.settings.full_every
         if not full and self._both_files_blocked(now):
             return self._deferred("coalesced: STO01 and PRI01 were called less than a minute ago")
-        demand = self.ledger.pending_demand(self.name, OPEN_ORDER_STATES)
+        knowledge = self.demand_watch.learn()  # before any WooCommerce read: see unseen_demand
+        demand = knowledge.demand
         plan = self._plan_full(demand) if full else self._plan_changes(demand)
+        if not knowledge.sure:
+            self._lower_only(plan, knowledge)
         with self._budget_wait(self.settings.send_wait):
             sent, reason = self._send(plan)
         if reason:
@@ -287,6 +313,7 @@ class InventoryPush:
             if value is not None:
                 self._set_cursor(name, value)
         self._set_cursor("demand", demand)
+        self._set_cursor("held_back", sorted(plan.held_back))
         if full:
             self._set_cursor("last_full", now.isoformat())
         if plan.confirmed:
@@ -294,7 +321,8 @@ class InventoryPush:
         self._set_cursor("deferred_cycles", 0)
         self.ledger.resolve_exception(PUSH_DEFERRED, self.name, self.name)
         summary = {"full": full, "examined": plan.examined, "stock_lines": len(plan.stock),
-                   "price_lines": len(plan.prices), **sent, "deferred": False}
+                   "price_lines": len(plan.prices), **sent, "deferred": False,
+                   "sure": knowledge.sure, "held_back": len(plan.held_back), "unsure_because": knowledge.stale}
         self._set_cursor("last_cycle", summary)
         self.ledger.record_sync_success(FLOW, self.name, summary=summary)
         return summary
@@ -326,6 +354,43 @@ class InventoryPush:
         self._set_cursor("last_cycle", summary)
         return summary
 
+    # ---- unsure cycles: lower only ------------------------------------------------------------------
+    def _list_own_orders(self, marketplace: Marketplace) -> dict[str, int]:
+        """The order ingest's listing step (OR11) with this flow's client and budget."""
+        from include.woo_mirakl.orders import OrderIngest
+
+        with self._budget_wait(self.settings.send_wait):
+            return OrderIngest(marketplace, self.ledger, mirakl=self.mirakl, clock=self.clock).fetch_changes()
+
+    def _lower_only(self, plan: Plan, knowledge: Knowledge) -> None:
+        """No stock line above what Mirakl holds now; raises wait for a sure cycle (see unseen_demand)."""
+        states = self.ledger.offer_states(self.name, list(plan.stock))
+        for sku, target in list(plan.stock.items()):
+            try:
+                live = plan.live.get(sku) if plan.full else self._live_quantity(sku)
+            except (ApiError, TransportError) as error:
+                log.warning("%s: %s not sent this cycle, its live quantity is unknown (%s)", self.name, sku, error)
+                del plan.stock[sku]
+                plan.held_back.add(sku)
+                continue
+            record = states.get(sku)
+            pending = record.last_pushed_quantity if record and record.pending_quantity_import_id else None
+            told = pending if pending is not None else (record.last_accepted_quantity if record else None)
+            quantity = allowed_quantity(target, live, told, sure=False, own_fresh=knowledge.own_fresh)
+            if quantity < target:
+                plan.held_back.add(sku)
+            if quantity == (pending if pending is not None else live):
+                del plan.stock[sku]  # Mirakl holds it already, or is applying it
+            else:
+                plan.stock[sku] = quantity
+
+    def _live_quantity(self, sku: str) -> int | None:
+        """The quantity of ``sku``'s offer on Mirakl now (OF21 by SKU, no published ceiling); None: no offer."""
+        for offer in self.mirakl.iter_offers(sku=sku):
+            if offer.shop_sku == sku:
+                return offer.quantity
+        return None
+
     # ---- planning: incremental ---------------------------------------------------------------------
     def _plan_changes(self, demand: dict[str, int]) -> Plan:
         plan = Plan(full=False)
@@ -334,13 +399,13 @@ class InventoryPush:
         no_sku: set[str] = set()
 
         cursor = self._cursor("products_modified")
-        parents: list[int] = []
+        parents: dict[int, bool] = {}  # changed variable products -> whether they manage a stock pool
         for raw in self._iter_modified("/products", "woo.products.list", cursor):
             plan.cursors["products_modified"] = _later(plan.cursors.get("products_modified") or cursor,
                                                        raw.get("date_modified_gmt"))
             item = WooItem.from_api(raw)
             if item.type == "variable":
-                parents.append(item.id)
+                parents[item.id] = item.manage_stock is True
             self._collect(item, items, no_sku)
 
         cursor = self._cursor("variations_modified")
@@ -359,8 +424,14 @@ class InventoryPush:
         wanted.update(sku for sku in set(demand) | set(previous_demand)
                       if demand.get(sku, 0) != previous_demand.get(sku, 0))
         wanted.update(self._skus_to_retry())
+        wanted.update(self._cursor("held_back", []) or [])
         for item in self._items_by_sku(wanted - set(items)):
             self._collect(item, items, no_sku)
+        # A pool's demand is its variations' together: read the siblings of any pool member seen.
+        pools = {i.parent_id for i in items.values() if i.manage_stock == "parent"} - set(parents)
+        for parent in sorted(pools):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
+                self._collect(WooItem.from_api({**raw, "type": "variation", "parent_id": parent}), items, no_sku)
 
         self._report_variations_without_sku(no_sku, seen_with_sku={str(i.id) for i in items.values()}, full=False)
         # SKUs Mirakl has no offer for are left to the full comparison, which sees when one appears.
@@ -389,7 +460,7 @@ class InventoryPush:
             since = _parse_gmt(cursor) - self.settings.overlap
             params.update({"modified_after": since.strftime("%Y-%m-%dT%H:%M:%S"), "dates_are_gmt": "true"})
         seen: set[tuple[Any, Any]] = set()
-        for item in self.woo.iter_pages(path, operation, params):
+        for item in iter_pages_pooled(self.woo, path, operation, params, self.settings.woo_page_pool):
             key = (item.get("id"), item.get("date_modified_gmt"))
             if key not in seen:
                 seen.add(key)
@@ -401,16 +472,21 @@ class InventoryPush:
             self._variations_route = self.woo.version() >= (10, 3)
         return self._variations_route
 
-    def _iter_changed_variations(self, cursor: str | None, modified_parents: list[int]) -> Iterator[dict]:
+    def _iter_changed_variations(self, cursor: str | None, modified_parents: Mapping[int, bool]) -> Iterator[dict]:
+        """Variations that may have changed, reading only parents whose ``date_modified`` moved.
+
+        A real store moves a parent's date whenever one of its variations is saved or sold, and a
+        sale from a parent-managed pool moves only the parent's: so a changed parent's variations
+        are read whole, and an unchanged parent's not at all (the periodic full comparison is the
+        safety net for anything else).
+        """
         if self._has_variations_route():
             yield from self._iter_modified("/variations", "woo.variations.all", cursor)
-            return
-        # Older stores: a variation's change does not move its parent's date, so every variable
-        # product's variations are asked for their own changes (one request per variable product).
-        parents = {int(p["id"]) for p in self._iter_modified(
-            "/products", "woo.products.list", None, fields="id", extra={"type": "variable"})}
-        for parent in sorted(parents | set(modified_parents)):
-            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", cursor):
+            parents = [p for p, pool in modified_parents.items() if pool]  # pool sales move no variation
+        else:
+            parents = list(modified_parents)
+        for parent in sorted(parents):
+            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
                 yield {**raw, "type": "variation", "parent_id": parent}
 
     def _items_by_sku(self, skus: Iterable[str]) -> Iterator[WooItem]:
@@ -442,13 +518,16 @@ class InventoryPush:
         mirakl: Mapping[str, tuple[int | None, Decimal | None]] | None = None,
     ) -> None:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
+        items = list(items)
+        pools = pool_demand(items, demand)  # variations sharing a parent's stock share its demand
         for item in items:
             plan.examined += 1
-            target = offer_target(item, self.marketplace, demand.get(item.sku, 0))
+            target = offer_target(item, self.marketplace, pools[item.pool])
             record = states.get(item.sku)
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
                 quantity, price = mirakl[item.sku]
+                plan.live[item.sku] = quantity
                 known = AcceptedOffer(quantity, price, known.pending_quantity if known else None,
                                       known.pending_price if known else None)
                 self._heal(plan, target, record, quantity, price)
@@ -483,10 +562,7 @@ class InventoryPush:
         page and each page is compared and dropped, so the catalogue is never held twice.
         """
         plan = Plan(full=True)
-        offers: dict[str, tuple[int | None, Decimal | None]] = {}
-        for offer in self.mirakl.iter_offers():
-            if offer.shop_sku:
-                offers[offer.shop_sku] = (offer.quantity, offer.price)
+        offers = read_offers(self.mirakl, self.ledger, FLOW, self.name, self.clock())  # OF52-OF54
 
         missing_in_mirakl: dict[str, int] = {}
         no_sku: set[str] = set()
@@ -558,22 +634,16 @@ class InventoryPush:
     # ---- exceptions ---------------------------------------------------------------------------------
     def _report_unmatched(self, missing_in_mirakl: Mapping[str, int], orphan_offers: Mapping[str, Any]) -> None:
         open_mirakl = self._open_keys(MISSING_IN_MIRAKL)
-        for sku, product_id in missing_in_mirakl.items():
-            if sku not in open_mirakl:
-                self.ledger.raise_exception(
-                    MISSING_IN_MIRAKL, sku,
-                    {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_MIRAKL, {  # one transaction, however many
+            sku: {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"}
+            for sku, product_id in missing_in_mirakl.items() if sku not in open_mirakl
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_MIRAKL, self.name, missing_in_mirakl)
         open_woo = self._open_keys(MISSING_IN_WOOCOMMERCE)
-        for sku in orphan_offers:
-            if sku not in open_woo:
-                self.ledger.raise_exception(
-                    MISSING_IN_WOOCOMMERCE, sku,
-                    {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"},
-                    self.name, severity="warning",
-                )
+        self.ledger.raise_exceptions(MISSING_IN_WOOCOMMERCE, {
+            sku: {"sku": sku, "missing_from": "woocommerce", "source": "full comparison"}
+            for sku in orphan_offers if sku not in open_woo
+        }, self.name, severity="warning")
         self.ledger.resolve_missing(MISSING_IN_WOOCOMMERCE, self.name, orphan_offers)
 
     def _report_variations_without_sku(self, ids: set[str], seen_with_sku: set[str], full: bool) -> None:
@@ -650,8 +720,19 @@ def for_marketplace(name: str, *, settings: InventorySettings | None = None) -> 
     """The flow for a configured marketplace, with clients from its Airflow connections."""
     from include.woo_mirakl.wiring import wire
 
+    settings = settings or InventorySettings()
     w = wire(name)
-    return InventoryPush(w.marketplace, w.woo(), w.mirakl(), w.ledger, w.budget, settings=settings)
+
+    def list_orders(marketplace: Marketplace) -> dict[str, int]:
+        from include.woo_mirakl.orders import OrderIngest
+
+        other = wire(marketplace.name, mirakl_wait=settings.send_wait)
+        return OrderIngest(other.marketplace, other.ledger, mirakl=other.mirakl(), clock=w.budget.clock).fetch_changes()
+
+    watch = DemandWatch(w.marketplace, w.ledger, list_orders, clock=w.budget.clock,
+                        fresh_for=settings.listing_fresh_for)
+    return InventoryPush(w.marketplace, w.woo(), w.mirakl(), w.ledger, w.budget, settings=settings,
+                         demand_watch=watch)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
+from include.woo_mirakl.order_log import decision_line
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
 from include.woo_mirakl.order_mapping import (
@@ -49,6 +50,7 @@ from include.woo_mirakl.order_mapping import (
     vanished_lines,
 )
 from include.woo_mirakl.order_money import expected_total, totals_problem
+from include.woo_mirakl.unseen_demand import record_listing
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ class OrderIngest:
     def fetch_changes(self) -> dict[str, int]:
         """Read changed orders (OR11) into the ledger; a used-up call budget skips politely."""
         result = StepResult()
+        started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
         since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
         resume_from = parse_datetime(cursor.get("resume_from"))
@@ -171,6 +174,8 @@ class OrderIngest:
                     EXC_LISTING, "or11_resume", {"created_date": _iso(resume), "orders_read": len(orders)}, self.mp
                 )
         self.ledger.set_cursor(FLOW, self.mp, "or11", {**state, "newest_seen": _iso(seen)})
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
         return result.as_dict()
 
     def _record(self, order: Order) -> str:
@@ -234,6 +239,7 @@ class OrderIngest:
                            key=_created_key)
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
+        decided_now: list[str] = []
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
             refs = self.woo.products_by_sku(skus)
@@ -260,10 +266,13 @@ class OrderIngest:
                     continue
                 decided = self._save_decisions(order, decisions)
                 result.add(f"decided_{decided.decision}")
+                decided_now.append(decided.mirakl_order_id)
                 if decided.decision != "refused":
                     to_reserve.append(decided)
         if to_reserve:
             self._reserve(to_reserve, result)
+        for order_id in decided_now:
+            log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
         return result.as_dict()
 
     def _save_decisions(self, order: Order, decisions: list[LineDecision]) -> OrderRecord:

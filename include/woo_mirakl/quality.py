@@ -25,6 +25,7 @@ from include.woo_mirakl.clients.http import ApiError
 from include.woo_mirakl.config import CONFIG_DIR, Marketplace
 from include.woo_mirakl.ledger import Ledger, OrderRecord
 from include.woo_mirakl.stock import WooItem, offer_target
+from include.woo_mirakl.unseen_demand import store_demand, store_of
 
 FLOW = "mirakl_data_quality"
 UTC = timezone.utc
@@ -199,7 +200,8 @@ def take_snapshot(
         woo_items=[item for item in _iter_catalogue(woo) if item.sku and item.is_offer],
         offers={o.shop_sku: o.quantity for o in mirakl.iter_offers() if o.shop_sku},
         offer_states=ledger.offer_states(name),
-        demand=ledger.pending_demand(name, OPEN_DEMAND_STATES),
+        # the store's demand, as the inventory push subtracts it (a sale elsewhere lowers this offer too)
+        demand=store_demand(ledger, [m.name for m in store_of(marketplace)], OPEN_DEMAND_STATES),
         stuck=ledger.stuck_actions(stuck_after, marketplace=name),
     )
 

@@ -15,6 +15,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
+from include.woo_mirakl.async_export import wait_completed
 from include.woo_mirakl.clients.http import ApiError
 
 if TYPE_CHECKING:
@@ -22,13 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 10.0  # TL04's published maximum: every 10 seconds
 EXPORT_TIMEOUT = 3 * 3600.0
 ITEMS_PER_CHUNK = 100_000
-
-
-class ExportFailed(RuntimeError):
-    """Mirakl reported the export FAILED or CANCELED, or it did not complete in time."""
 
 
 def read_transaction_export(
@@ -62,15 +58,8 @@ def read_transaction_export(
             date_created_from=date_created_from, date_created_to=date_created_to, items_per_chunk=ITEMS_PER_CHUNK)
         ledger.set_cursor(flow, marketplace, cursor, tracking_id)
         status = mirakl.transaction_export_status(tracking_id)
-    waited = 0.0
-    while not status.completed:
-        if status.failed:
-            raise ExportFailed(f"TL03 export {tracking_id} {status.status}: {status.error or 'no detail'}")
-        if waited >= timeout:
-            raise ExportFailed(f"TL03 export {tracking_id} still {status.status} after {waited:.0f} s")
-        sleep(POLL_EVERY)
-        waited += POLL_EVERY
-        status = mirakl.transaction_export_status(tracking_id)
+    status = wait_completed(mirakl.transaction_export_status, tracking_id, "TL03", first=status, sleep=sleep,
+                            timeout=timeout)
     frames, new_orders = [], set()
     for url in status.urls:
         rows = list(mirakl.iter_export_file(url, "TL05"))

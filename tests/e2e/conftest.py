@@ -21,6 +21,9 @@ def sandbox():
     from include.sandbox.core import Sandbox
 
     sb = Sandbox(seed=7, validate_requests=True).start()
+    # exports ready at once: the flows' DAG runs must not sleep through PENDING polls (that phase
+    # is covered by tests/integration/test_payout_export_path.py and test_offer_export.py)
+    sb.mirakl.configure(export_delay_s=0)
     yield sb
     sb.stop()
 

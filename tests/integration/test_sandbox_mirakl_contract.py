@@ -41,7 +41,12 @@ def world():
     box.clock.advance(5)
     with box.lock:
         mirakl.close_billing_cycle()
-    yield {"box": box, "url": url, "waiting": waiting["order_id"], "shipped": sid, "stock": stock, "price": price}
+    export = requests.post(f"{url}/api/sellerpayment/transactions_logs/async", headers=HEADERS, timeout=5,
+                           json={"date_created_from": "2020-01-01T00:00:00Z"}).json()["tracking_id"]
+    offers = requests.post(f"{url}/api/offers/export/async", headers=HEADERS, timeout=5,
+                           json={"export_type": "application/json"}).json()["tracking_id"]
+    yield {"box": box, "url": url, "waiting": waiting["order_id"], "shipped": sid, "stock": stock, "price": price,
+           "export": export, "offer_export": offers}
     box.stop()
 
 
@@ -68,6 +73,12 @@ def _calls(world: dict) -> list[tuple[str, str, str, dict, dict | None]]:
         ("PRI03", "GET", f"/api/offers/pricing/imports/{world['price']}/error_report", {}, None),
         ("SH21", "GET", "/api/shipping/carriers", {}, None),
         ("TL02", "GET", "/api/sellerpayment/transactions_logs", {"limit": "2000"}, None),
+        ("TL03", "POST", "/api/sellerpayment/transactions_logs/async", {},
+         {"date_created_from": "2020-01-01T00:00:00Z", "items_per_chunk": 1000, "format": "JSON"}),
+        ("TL04", "GET", f"/api/sellerpayment/transactions_logs/async/status/{world['export']}", {}, None),
+        ("OF52", "POST", "/api/offers/export/async", {},
+         {"export_type": "application/json", "items_per_chunk": 10000, "last_request_date": "2020-01-01T00:00:00Z"}),
+        ("OF53", "GET", f"/api/offers/export/async/status/{world['offer_export']}", {}, None),
         ("IV01", "GET", "/api/invoices", {}, None),
         ("M11", "GET", "/api/inbox/threads", {"entity_type": "MMP_ORDER", "entity_id": waiting,
                                               "with_messages": "true"}, None),
@@ -77,7 +88,9 @@ def _calls(world: dict) -> list[tuple[str, str, str, dict, dict | None]]:
 def test_every_served_operation_answers_as_the_spec_says(world):
     served = {route.operation for route in world["box"].mirakl.routes}
     covered = {call[0] for call in _calls(world)} | {"STO01", "PRI01", "OR23", "OR24", "OR29"} \
-        | {"OF02", "OF03", "P41", "P42", "P44", "P45"}  # answers checked in test_sandbox_mirakl_products.py
+        | {"OF02", "OF03", "P41", "P42", "P44", "P45"} \
+        | {"TL05", "OF54"}  # answers checked in test_sandbox_mirakl_products.py, test_payout_export_path.py
+    # and test_offer_export.py
     assert served <= covered, f"operations without a contract check: {served - covered}"
     failures = {}
     for operation, method, path, query, body in _calls(world):

@@ -660,6 +660,28 @@ class MiraklClient(HttpClient):
         path = f"/api/sellerpayment/transactions_logs/async/status/{_seg(tracking_id)}"
         return ExportStatus.from_api(self._call("GET", path, "TL04") or {})
 
+    def request_offer_export(self, *, last_request_date: datetime | None = None,
+                             items_per_chunk: int = 100_000) -> str:
+        """OF52: every offer, inactive ones too (full, once a day), or every offer changed since
+        ``last_request_date`` with deleted ones (differential, once a minute), as JSON chunks;
+        returns the tracking id for OF53."""
+        if not 10_000 <= items_per_chunk <= 1_000_000:
+            raise ValueError("OF52 items_per_chunk must be between 10000 and 1000000")
+        body: dict[str, Any] = {"export_type": "application/json", "items_per_chunk": items_per_chunk}
+        if last_request_date is not None:
+            body["last_request_date"] = _iso(last_request_date)
+        else:
+            body["include_inactive_offers"] = True  # offers at zero are offers too: not "missing in Mirakl"
+        variant = "differential" if last_request_date is not None else "full"
+        answer = self._call("POST", "/api/offers/export/async", "OF52", json_body=body, idempotent=False,
+                            variant=variant) or {}
+        return self._tracking_id(answer, "OF52")
+
+    def offer_export_status(self, tracking_id: str) -> ExportStatus:
+        """OF53 (every 10 s at most): PENDING, then COMPLETED with the URL of every chunk (OF54)."""
+        return ExportStatus.from_api(
+            self._call("GET", f"/api/offers/export/async/status/{_seg(tracking_id)}", "OF53") or {})
+
     def iter_export_file(self, url: str, operation: str) -> Iterator[dict]:
         """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave.
 

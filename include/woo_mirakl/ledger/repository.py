@@ -566,6 +566,36 @@ class Ledger:
             s.flush()
             return _record(ExceptionRecord, record, newly_opened=reopened)
 
+    def raise_exceptions(self, kind: str, details: Mapping[str, Mapping[str, Any] | None], marketplace: str,
+                         severity: str = "error") -> int:
+        """:meth:`raise_exception` for many keys of one kind in one transaction (a full comparison
+        may find thousands of unmatched SKUs at once); returns how many were newly opened or reopened."""
+        _check_choice("severity", severity, SEVERITIES)
+        now = self._now()
+        t = LedgerException.__table__
+        opened = 0
+        with self.session() as s, s.begin():
+            for chunk in _chunks(list(details)):
+                existing = dict(s.execute(select(t.c.key, t.c.status).where(
+                    t.c.marketplace == marketplace, t.c.kind == kind, t.c.key.in_(chunk))).all())
+                new = [{"marketplace": marketplace, "kind": kind, "key": key, "detail": _jsonable(details[key]),
+                        "severity": severity, "status": "open", "count": 1, "first_seen": now, "last_seen": now,
+                        "opened_at": now} for key in chunk if key not in existing]
+                if new:
+                    s.connection().execute(self._insert(t).values(new).on_conflict_do_nothing(
+                        index_elements=["marketplace", "kind", "key"]))
+                reopen = [k for k, status in existing.items() if status == "resolved"]
+                if existing:
+                    s.execute(update(t).where(t.c.marketplace == marketplace, t.c.kind == kind,
+                                              t.c.key.in_(list(existing)))
+                              .values(count=t.c.count + 1, last_seen=now, severity=severity))
+                if reopen:
+                    s.execute(update(t).where(t.c.marketplace == marketplace, t.c.kind == kind, t.c.key.in_(reopen))
+                              .values(status="open", opened_at=now, resolved_at=None, acknowledged_by=None,
+                                      acknowledged_at=None))
+                opened += len(new) + len(reopen)
+        return opened
+
     def resolve_exception(self, kind: str, key: str, marketplace: str) -> bool:
         """Resolve one exception; False if there was none unresolved."""
         with self.session() as s, s.begin():
