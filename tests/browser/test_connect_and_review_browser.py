@@ -199,18 +199,21 @@ def test_a_person_answers_the_required_action_in_the_ui(airflow: Airflow, page) 
     run_id, map_index = ti["dag_run_id"], ti["map_index"]
     assert ti["rendered_map_index"] == ORDER_ID
 
-    page.goto(f"{airflow.base_url}/dags/{REVIEW_DAG}/runs/{run_id}/tasks/decide/required_actions?map_index={map_index}")
-    page.wait_for_timeout(3000)
+    page.goto(f"{airflow.base_url}/dags/{REVIEW_DAG}/runs/{run_id}/tasks/decide/mapped/{map_index}/required_actions")
+    expect(page.get_by_text("Accept or refuse Mirakl order BROWSER-ORDER-1")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_role("columnheader", name="WooCommerce stock")).to_be_visible()
+    expect(page.get_by_role("button", name="Refuse every line")).to_be_visible()  # the timeout default
+    # refuse the under-priced line, keep the other: the per-line choice
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option", name="refuse").click()
     page.screenshot(path=str(airflow.workdir / "required-action.png"), full_page=True)
-    (airflow.workdir / "required-action.html").write_text(page.content())
-    expect(page.get_by_text("Accept or refuse Mirakl order BROWSER-ORDER-1")).to_be_visible()
-    expect(page.get_by_text("WooCommerce stock").first).to_be_visible()
-    page.get_by_role("button", name="Accept every line").click()
+    page.get_by_role("button", name="Apply the line choices").click()
 
     ledger = Ledger.from_url(airflow.ledger_url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and ledger.get_order(MARKETPLACE, ORDER_ID).decision is None:
         time.sleep(1)
     record = ledger.get_order(MARKETPLACE, ORDER_ID)
-    assert record.decision == "accepted", record.detail.get("review")
+    assert record.decision == "partially", record.detail.get("review")
+    assert record.detail["review"]["lines"] == {f"{ORDER_ID}-1": "refuse", f"{ORDER_ID}-2": "accept"}
     assert record.detail["review"]["by"] == "admin" and record.detail["review"]["timed_out"] is False
