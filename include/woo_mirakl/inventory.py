@@ -101,7 +101,6 @@ class Plan:
     cursors: dict[str, str | None] = field(default_factory=dict)
     examined: int = 0
     confirmed: list[dict[str, Any]] = field(default_factory=list)  # full comparison: ledger rows to heal
-    live: dict[str, int | None] = field(default_factory=dict)  # full comparison: Mirakl's quantities
     held_back: set[str] = field(default_factory=set)  # raises an unsure cycle did not send
 
 
@@ -366,8 +365,8 @@ class InventoryPush:
         """No stock line above what Mirakl holds now; raises wait for a sure cycle (see unseen_demand)."""
         states = self.ledger.offer_states(self.name, list(plan.stock))
         for sku, target in list(plan.stock.items()):
-            try:
-                live = plan.live.get(sku) if plan.full else self._live_quantity(sku)
+            try:  # read now: an offer export may be older than the sales Mirakl has just made
+                live = self._live_quantity(sku)
             except (ApiError, TransportError) as error:
                 log.warning("%s: %s not sent this cycle, its live quantity is unknown (%s)", self.name, sku, error)
                 del plan.stock[sku]
@@ -527,7 +526,6 @@ class InventoryPush:
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
                 quantity, price = mirakl[item.sku]
-                plan.live[item.sku] = quantity
                 known = AcceptedOffer(quantity, price, known.pending_quantity if known else None,
                                       known.pending_price if known else None)
                 self._heal(plan, target, record, quantity, price)

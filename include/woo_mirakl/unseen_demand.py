@@ -28,14 +28,17 @@ Why a cycle never raises an offer Mirakl has just lowered
 order placed before the listing started is in the ledger, read *before* WooCommerce's stock. It
 is either still unreserved (then it is in the store demand and subtracted) or already reserved
 (then WooCommerce's stock no longer counts it); if the ingest reserves it between the two reads
-it is subtracted twice, which only lowers. So the quantity sent is WooCommerce's stock minus
-*every* unit sold before the listing; whatever Mirakl took off for those orders is never given
-back, on this marketplace or any other. Such a cycle may raise (restocks, released orders).
+it is subtracted twice, which only lowers; a line the ingest refuses counts as demand until
+Mirakl shows it REFUSED, so its units are given back once, by Mirakl. So the quantity sent is
+WooCommerce's stock minus *every* unit sold on *any* marketplace of the store before the
+listing: whatever Mirakl took off for those orders is never given back, and a sale on one
+marketplace lowers the offers on all the others. Such a cycle may raise (restocks, releases).
 
 *Unsure* cycles (a listing failed, was cut short, or could not run because the OR11 budget was
 spent and no fresh listing exists: the ingest is behind): before each stock line is sent, the
-offer's live quantity is read from Mirakl (OF21 by SKU, which has no published ceiling; the full
-comparison already holds it), and the line may only **lower** it (:func:`allowed_quantity`):
+offer's live quantity is read from Mirakl (OF21 by SKU, which has no published ceiling; read
+at that moment even in a full comparison, whose offer export may be older than Mirakl's latest
+sales), and the line may only **lower** it (:func:`allowed_quantity`):
 
 * if this marketplace's own listing is fresh, its sales are all known, so the line is
   ``min(target, live)``;
@@ -46,9 +49,10 @@ comparison already holds it), and the line may only **lower** it (:func:`allowed
   by Mirakl; a known sale of this marketplace learnt since ``told`` is subtracted twice, which
   only lowers.
 
-Either way the value sent is never above what Mirakl holds at the moment it is read. A SKU the
-rule held below its target is remembered and examined again by the next cycle, which raises it
-once it is sure.
+Either way the value sent is never above what Mirakl holds at the moment it is read. Unread
+sales on *another* marketplace are not in this offer's live quantity: an unsure cycle cannot
+subtract them, it only never raises; the first sure cycle does. A SKU the rule held below its
+target is remembered and examined again by the next cycle, which raises it once it is sure.
 
 The one window no choice closes: a sale placed after the listing started and before Mirakl has
 applied the stock file (seconds; up to ``fresh_for`` when another flow listed) is overwritten by
@@ -58,7 +62,6 @@ buffer covers it meanwhile.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -70,6 +73,8 @@ log = logging.getLogger(__name__)
 
 # Mirakl orders whose units WooCommerce has not reserved yet when they have no WooCommerce order.
 OPEN_ORDER_STATES = ("STAGING", "WAITING_ACCEPTANCE", "WAITING_DEBIT", "WAITING_DEBIT_PAYMENT", "SHIPPING")
+# Line states in which Mirakl has given the units back to the offer.
+RELEASED_LINE_STATES = ("REFUSED", "CANCELED")
 DEFAULT_FRESH_FOR = timedelta(seconds=30)
 _LISTING_OPERATION = "OR11"
 # The listing log keeps one entry per listing and only needs the newest; older ones age out.
@@ -106,11 +111,35 @@ def store_of(marketplace: Marketplace, configured: Iterable[Marketplace] | None 
 
 
 def store_demand(ledger: Any, marketplaces: Iterable[str], states: Sequence[str] = OPEN_ORDER_STATES) -> dict[str, int]:
-    """Units per SKU on open orders of any of ``marketplaces`` that no WooCommerce order holds yet."""
-    total: Counter[str] = Counter()
-    for name in marketplaces:
-        total.update(ledger.pending_demand(name, states))
-    return dict(total)
+    """Units per SKU that Mirakl has taken off the offers of any of ``marketplaces`` and that no
+    WooCommerce order holds yet, on the orders the ledger knows.
+
+    A line counts until a WooCommerce order holds it (the order has one, and the line was not
+    refused) or Mirakl has given its units back (Mirakl shows the line REFUSED or CANCELED). A
+    line we decided to refuse therefore still counts until Mirakl has processed the refusal: a
+    stock file in between would give its units back once, and the refusal a second time.
+    """
+    from sqlalchemy import func, or_, select
+
+    from include.woo_mirakl.ledger.models import Order, OrderLine
+
+    names = list(marketplaces)
+    if not names:
+        return {}
+    query = (
+        select(OrderLine.offer_sku, func.sum(OrderLine.quantity))
+        .join(Order, Order.id == OrderLine.order_id)
+        .where(
+            Order.marketplace.in_(names),
+            Order.mirakl_state.in_(list(states)),
+            OrderLine.offer_sku.is_not(None),
+            or_(OrderLine.mirakl_state.is_(None), OrderLine.mirakl_state.not_in(RELEASED_LINE_STATES)),
+            or_(Order.woo_order_id.is_(None), OrderLine.decision.is_not(None) & (OrderLine.decision != "accepted")),
+        )
+        .group_by(OrderLine.offer_sku)
+    )
+    with ledger.session(write=False) as s, s.begin():
+        return {sku: int(quantity or 0) for sku, quantity in s.execute(query) if quantity}
 
 
 def allowed_quantity(target: int, live: int | None, told: int | None, *, sure: bool, own_fresh: bool) -> int:

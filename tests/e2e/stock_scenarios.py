@@ -59,9 +59,9 @@ def expected(sandbox, skus, unreserved: dict[str, int], buffer: int) -> dict[str
     return {sku: max(0, woo_stock(sandbox, sku) - unreserved.get(sku, 0) - buffer) for sku in skus}
 
 
-def push(sandbox, ledger, marketplace: str) -> dict:
+def push(sandbox, ledger, marketplace: str, conf: dict | None = None) -> dict:
     """One inventory cycle of ``marketplace``; returns what the cycle recorded."""
-    run = run_dag(f"mirakl_inventory_push__{marketplace}")
+    run = run_dag(f"mirakl_inventory_push__{marketplace}", conf)
     assert run.state == "success", run.state
     return ledger.get_cursor("mirakl_inventory_push", marketplace, "last_cycle")
 

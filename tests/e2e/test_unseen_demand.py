@@ -112,6 +112,34 @@ def test_a_cycle_whose_listing_fails_lowers_but_never_raises(shop, sandbox, ledg
     assert woo_stock(sandbox, "F") == 40 - 5
 
 
+def test_an_unsure_full_comparison_lowers_but_never_raises(shop, sandbox, ledger):
+    next_minute(sandbox, ledger)
+    placed = place(sandbox, [("B", 3), ("E", 1)], 2)
+    sandbox.woo.set_stock("B", 20)  # a restock of an ordered SKU
+    with sandbox.lock:
+        sandbox.mirakl.store.offers["C"]["quantity"] += 4  # drift upwards on Mirakl: lowered back at once
+    unreserved = {"B": 3, "E": 1}
+    before = offers(sandbox, SKUS)
+
+    sandbox.faults.set([{"service": "mirakl", "operation": "OR11", "status": 500}])
+    try:
+        summary = push(sandbox, ledger, MARKETPLACE, {"full": True})
+    finally:
+        sandbox.faults.clear()
+    next_minute(sandbox, ledger)
+
+    assert summary["full"] is True and summary["sure"] is False
+    assert ledger.get_order(MARKETPLACE, placed) is None
+    due = expected(sandbox, SKUS, unreserved, BUFFER)
+    assert offers(sandbox, SKUS) == {sku: min(due[sku], before[sku]) for sku in SKUS}
+    assert offers(sandbox, ["C"]) == {"C": due["C"]}
+
+    assert ingest(sandbox, ledger, MARKETPLACE) == "success"
+    push(sandbox, ledger, MARKETPLACE)
+    next_minute(sandbox, ledger)
+    assert offers(sandbox, SKUS) == expected(sandbox, SKUS, {}, BUFFER)
+
+
 def test_the_call_log_shows_no_ceiling_exceeded(sandbox):
     from datetime import datetime
 

@@ -65,13 +65,35 @@ def test_the_store_is_every_marketplace_on_the_same_woocommerce_connection():
     assert [m.name for m in store_of(market("alone"), [])] == ["alone"]
 
 
-def test_store_demand_adds_every_marketplace_and_ignores_reserved_orders(ledger):
-    for mp, order, lines, woo in (("a", "A-1", [("X", 2), ("Y", 1)], None), ("b", "B-1", [("X", 3)], None),
-                                  ("b", "B-2", [("Y", 5)], 77)):
-        ledger.upsert_order(mp, order, mirakl_state="WAITING_ACCEPTANCE", woo_order_id=woo)
-        ledger.set_order_lines(mp, order, [{"mirakl_order_line_id": f"{order}-{i}", "offer_sku": sku, "quantity": q}
-                                           for i, (sku, q) in enumerate(lines)])
+def order(ledger, mp, order_id, lines, woo=None, state="WAITING_ACCEPTANCE"):
+    """``lines``: (sku, quantity, our decision, Mirakl's line state)."""
+    ledger.upsert_order(mp, order_id, mirakl_state=state, woo_order_id=woo)
+    ledger.set_order_lines(mp, order_id, [
+        {"mirakl_order_line_id": f"{order_id}-{i}", "offer_sku": sku, "quantity": qty, "decision": decision,
+         "mirakl_state": line_state}
+        for i, (sku, qty, decision, line_state) in enumerate(lines)])
+
+
+def test_store_demand_adds_every_marketplace_and_ignores_what_woocommerce_holds(ledger):
+    order(ledger, "a", "A-1", [("X", 2, None, "WAITING_ACCEPTANCE"), ("Y", 1, None, "WAITING_ACCEPTANCE")])
+    order(ledger, "b", "B-1", [("X", 3, None, "WAITING_ACCEPTANCE")])
+    order(ledger, "b", "B-2", [("Y", 5, "accepted", "WAITING_DEBIT_PAYMENT")], woo=77, state="WAITING_DEBIT_PAYMENT")
+    order(ledger, "c", "C-1", [("X", 9, None, "WAITING_ACCEPTANCE")])  # another store's marketplace
+    order(ledger, "a", "A-0", [("X", 4, None, "CANCELED")], state="CANCELED")
     assert store_demand(ledger, ["a", "b"]) == {"X": 5, "Y": 1}
+
+
+def test_a_line_we_refuse_counts_until_mirakl_has_given_its_units_back(ledger):
+    # decided, OR21 not processed yet: Mirakl still holds the units off the offer
+    order(ledger, "a", "A-1", [("X", 2, "refused", "WAITING_ACCEPTANCE")])
+    order(ledger, "a", "A-2", [("Y", 1, "accepted", "WAITING_ACCEPTANCE"), ("X", 3, "refused", "WAITING_ACCEPTANCE")],
+          woo=12)
+    assert store_demand(ledger, ["a"]) == {"X": 5}
+    # Mirakl processed the refusals (OR11 shows the lines REFUSED): the units are back on the offer
+    order(ledger, "a", "A-1", [("X", 2, "refused", "REFUSED")], state="REFUSED")
+    order(ledger, "a", "A-2", [("Y", 1, "accepted", "WAITING_DEBIT_PAYMENT"), ("X", 3, "refused", "REFUSED")],
+          woo=12, state="WAITING_DEBIT_PAYMENT")
+    assert store_demand(ledger, ["a"]) == {}
 
 
 def test_a_fresh_listing_is_trusted_and_a_stale_one_is_listed_again(ledger):
