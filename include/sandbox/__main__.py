@@ -1,4 +1,4 @@
-"""Run the sandbox servers: ``python -m include.sandbox --mirakl-port 8081 --woo-port 8082``."""
+"""Run the sandbox servers: ``python -m include.sandbox --mirakl-port 8081 --woo-port 8082 --auth-port 8083``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--mirakl-port", type=int, default=8081)
     parser.add_argument("--woo-port", type=int, default=8082)
+    parser.add_argument("--auth-port", type=int, default=8083, help="Mirakl's authentication system (OAuth 2)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--scenario", default=None, help="scenario to load at start (e.g. demo)")
     parser.add_argument("--state-file", default=None, help="JSON file the state is kept in across restarts")
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         from include.sandbox.scenarios import apply_scenario
 
         apply_scenario(sandbox, args.scenario)
-    sandbox.start(args.mirakl_port, args.woo_port, args.host)
-    print(f"sandbox: Mirakl on {sandbox.mirakl_url}  WooCommerce on {sandbox.woo_url}", flush=True)
+    sandbox.start(args.mirakl_port, args.woo_port, args.host, auth_port=args.auth_port)
+    print(f"sandbox: Mirakl on {sandbox.mirakl_url}  WooCommerce on {sandbox.woo_url}  "
+          f"Mirakl authentication on {sandbox.auth_url}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -94,12 +94,17 @@ class MiraklService(Service):
     # Service hooks ----------------------------------------------------------------------------
     def authenticate(self, request: Request) -> None:
         key = request.headers.get("Authorization")
-        token_shop = None
         if key and key.startswith("Bearer ") and hasattr(self.sandbox, "auth"):
-            # a token of the sandbox's authentication system acts on the one store it was granted for
-            token_shop = self.sandbox.auth.bearer_shop(key[len("Bearer "):])
-            if token_shop != self.shop_id:
-                raise ApiError(403, f"Access denied: the token gives access to shop {token_shop}, not this one")
+            # a token of the sandbox's authentication system acts on the stores it was granted for
+            shops = self.sandbox.auth.bearer_shops(key[len("Bearer "):])
+            asked = request.arg("shop_id")
+            if asked is None and len(shops) > 1:
+                raise ApiError(400, "shop_id is required: this token gives access to several shops")
+            if asked is None and shops != [self.shop_id]:
+                raise ApiError(403, f"Access denied: the token gives access to shop {shops[0] if shops else 'none'}, "
+                                    "not this one")
+            if asked is not None and asked.strip().isdigit() and int(asked) not in shops:
+                raise ApiError(403, f"Access denied: the token has no access to shop {asked}")
         elif not key or key != self.api_key:
             raise ApiError(401, "Unauthorized")
         shop = request.arg("shop_id")

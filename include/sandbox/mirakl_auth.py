@@ -63,10 +63,15 @@ class Grant:
 
     grant_id: str
     client_id: str
-    shop_id: int | None
+    shop_id: int | None  # None: every store in ``shops`` (the seller gave access to all of them)
     user: str | None
     scope: str
     revoked: bool = False
+    shops: list[int] = field(default_factory=list)
+
+    @property
+    def stores(self) -> list[int]:
+        return [self.shop_id] if self.shop_id is not None else list(self.shops)
 
 
 class MiraklAuthService(Service):
@@ -115,8 +120,8 @@ class MiraklAuthService(Service):
     def user(self, email: str = "seller@example.com") -> AuthUser:
         return self.users[email]
 
-    def bearer_shop(self, token: str) -> int | None:
-        """The store a Bearer token acts on; ApiError 401 when it is unknown, expired or revoked."""
+    def bearer_shops(self, token: str) -> list[int]:
+        """The stores a Bearer token acts on; ApiError 401 when it is unknown, expired or revoked."""
         found = self._access.get(token)
         if found is None:
             raise ApiError(401, "Unauthorized: unknown access token")
@@ -124,7 +129,7 @@ class MiraklAuthService(Service):
             raise ApiError(401, "Unauthorized: the access token was revoked")
         if found["expires_at"] <= self._now():
             raise ApiError(401, "Unauthorized: the access token has expired")
-        return self.grants[found["grant"]].shop_id
+        return self.grants[found["grant"]].stores
 
     def expire_access_tokens(self) -> int:
         """Every access token expires now (refresh tokens stay valid)."""
@@ -203,7 +208,7 @@ class MiraklAuthService(Service):
                 f'<label><input type="radio" name="shop_id" value="{s["shop_id"]}"> '
                 f'{html.escape(s["shop_name"])} — {html.escape(s["marketplace"])} (store {s["shop_id"]})</label>'
                 for s in user.stores
-            )
+            ) + '<label><input type="radio" name="shop_id" value="all"> All my stores</label>'
             return self._page("Choose the store", f"""
 <form method="post" action="/oauth/authorize">
   <input type="hidden" name="txn" value="{form['txn']}"><input type="hidden" name="step" value="store">
@@ -213,6 +218,11 @@ class MiraklAuthService(Service):
             return self._page("Sign in first", "<p class=error>Sign in before going on.</p>", 400)
         user = self.users[pending["user"]]
         if step == "store":
+            if form.get("shop_id") == "all":
+                pending["shop_id"] = "all"
+                return self._consent_page(form["txn"], client, {
+                    "shop_id": ", ".join(str(s["shop_id"]) for s in user.stores), "shop_name": "all your stores",
+                    "marketplace": ", ".join(sorted({s["marketplace"] for s in user.stores}))})
             store = next((s for s in user.stores if str(s["shop_id"]) == form.get("shop_id")), None)
             if store is None:
                 return self._page("Choose the store", "<p class=error>Pick one of your stores.</p>", 400)
@@ -222,8 +232,10 @@ class MiraklAuthService(Service):
             if form.get("decision") != "allow":
                 self._pending.pop(form["txn"], None)
                 return self._redirect_error(query, "access_denied", "the seller refused the consent")
-            grant = Grant(secrets.token_hex(8), client.client_id, pending["shop_id"], user.email,
-                          query.get("scope") or " ".join(DEFAULT_SCOPES))
+            every = pending["shop_id"] == "all"
+            grant = Grant(secrets.token_hex(8), client.client_id, None if every else pending["shop_id"], user.email,
+                          query.get("scope") or " ".join(DEFAULT_SCOPES),
+                          shops=[s["shop_id"] for s in user.stores] if every else [])
             self.grants[grant.grant_id] = grant
             self.consents[(user.email, client.client_id)] = grant.grant_id
             return self._issue_code(form["txn"], grant)

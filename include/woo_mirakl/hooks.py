@@ -234,7 +234,8 @@ class MiraklHook(BaseHook):
                 unbudgeted = self.get_client(budget=None, retry=TEST_RETRY)
                 count = unbudgeted.offers_count()
                 return True, (
-                    f"Mirakl API key accepted by {where} ({count} offers, via OF21). The A01 account check was "
+                    f"Mirakl {'API key' if settings['auth_mode'] == API_KEY else 'access token'} accepted by {where} "
+                    f"({count} offers, via OF21). The A01 account check was "
                     f"skipped: Mirakl allows it once a day and it already ran; next allowed at "
                     f"{exceeded.retry_at.isoformat()}."
                 )

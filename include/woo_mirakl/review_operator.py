@@ -24,7 +24,8 @@ class OrderReviewOperator(HITLOperator):
     def __init__(self, *, marketplace: str, order_id: str, timeout_default: str = "refuse", **kwargs: Any):
         self.marketplace = marketplace
         self.order_id = order_id
-        kwargs.setdefault("execution_timeout", None)  # the wait is bounded by response_timeout, not this
+        # the wait is bounded by response_timeout (set when it runs), never by the flows' execution_timeout
+        kwargs["execution_timeout"] = None
         super().__init__(
             subject=f"Mirakl order {order_id}",
             options=list(hr.OPTION_LABELS.values()),

@@ -170,3 +170,45 @@ def test_consent_refused_is_said_in_plain_words(sandbox, app):
     reply = app.get(back.removeprefix(BASE), headers=token())
     assert reply.status_code == 400
     assert "you did not give the integration access on Mirakl's consent page" in html.unescape(reply.text)
+
+
+def test_a_seller_with_several_stores_is_asked_which_one(sandbox, app):
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    user = sandbox.auth.user()
+    with sandbox.lock:
+        sandbox.auth.revoke_consent(user.email)
+        user.stores.append({"shop_id": 2777, "shop_name": "Other shop", "marketplace": "Sandbox marketplace"})
+    with create_session() as session:  # a first connection: no store id yet
+        row = session.query(Connection).filter(Connection.conn_id == CONN_ID).one()
+        extra = row.extra_dejson
+        extra.pop("shop_id", None)
+        row.set_extra(json.dumps(extra))
+    try:
+        web = requests.Session()
+        page = web.get(_start(app), timeout=10)
+        txn = re.search(r'name="txn" value="([^"]+)"', page.text).group(1)
+        page = web.post(f"{sandbox.auth_url}/oauth/authorize", timeout=10,
+                        data={"txn": txn, "step": "signin", "email": user.email, "password": user.password})
+        assert "Choose the store" in page.text and "Other shop" in page.text and "All my stores" in page.text
+        page = web.post(f"{sandbox.auth_url}/oauth/authorize", timeout=10,
+                        data={"txn": txn, "step": "store", "shop_id": "all"})
+        assert "all your stores" in page.text
+        back = web.post(f"{sandbox.auth_url}/oauth/authorize", allow_redirects=False, timeout=10,
+                        data={"txn": txn, "step": "consent", "decision": "allow"}).headers["Location"]
+        reply = app.get(back.removeprefix(BASE), headers=token())
+        # Mirakl cannot tell which store without a shop_id: the page asks for it
+        assert reply.status_code == 400 and "shop_id is required" in reply.text
+        assert 'name="shop_id"' in reply.text
+        reply = app.post("/woo-mirakl-connect/sandbox/store", data={"shop_id": str(sandbox.mirakl.shop_id)},
+                         headers=token())
+        assert reply.status_code == 200, reply.text
+        # A01 ran once today already (the first connection): OF21 proves the token for the chosen store
+        assert "Mirakl access token accepted by" in reply.text and "A01 account check was skipped" in reply.text
+        with create_session() as session:
+            row = session.query(Connection).filter(Connection.conn_id == CONN_ID).one()
+            assert row.extra_dejson["shop_id"] == sandbox.mirakl.shop_id
+    finally:
+        with sandbox.lock:
+            user.stores.pop()
