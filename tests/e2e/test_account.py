@@ -16,6 +16,7 @@ SKUS = [f"ACC-{i}" for i in range(1, 6)]
 @pytest.fixture(scope="module", autouse=True)
 def catalogue(sandbox, airflow_env):
     """Five products in WooCommerce (one variable, with two variations) and their five offers on Mirakl."""
+    sandbox.woo.settings["shipment_tracking_installed"] = True  # this store has the extension
     sandbox.woo.add_simple_product("ACC-1", "10.00", 5)
     sandbox.woo.add_simple_product("ACC-2", "12.00", 0)
     sandbox.woo.add_simple_product("ACC-3", "8.00", 9)
