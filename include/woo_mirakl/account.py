@@ -399,7 +399,7 @@ def _check_tracking(status: Mapping[str, Any], title: str) -> Check:
     if installed:
         return Check("woo.tracking", title, OK, "installed: tracking numbers are read from it", {"installed": True})
     return Check("woo.tracking", title, WARNING,
-                 "no Shipment Tracking extension nor Advanced Shipment Tracking plugin: tracking is read from "
+                 "not installed (neither Shipment Tracking nor Advanced Shipment Tracking): tracking is read from "
                  "core fulfillments where the store has them (10.1+), else shipments are confirmed to Mirakl "
                  "without tracking numbers", {"installed": False})
 
