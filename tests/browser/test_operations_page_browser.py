@@ -291,12 +291,27 @@ def trigger_account(page, airflow: Airflow, action: str, run_id: str, *, confirm
     if confirmation is not None:
         dialog.locator("[name=element_confirmation]").fill(confirmation)
     if real:
-        dialog.get_by_role("checkbox", name="Dry run").uncheck(force=True)
+        # The switch's input is hidden: click the switch itself, as a person does.
+        switch = dialog.get_by_role("checkbox", name="Dry run")
+        switch.locator("xpath=..").click()
+        expect(switch).not_to_be_checked()
     dialog.get_by_role("button", name="Advanced Options").click()
     dialog.locator("input[name=dagRunId]").fill(run_id)
     shot(page, f"03-trigger-{run_id.rsplit('_', 1)[0]}")
     dialog.get_by_test_id("trigger-dag-submit").click()
     expect(dialog).to_be_hidden()
+
+
+def open_task_log(page, airflow: Airflow, run_id: str, task_id: str, text: str) -> None:
+    """The task's log page until the line shows: the log view can load after the page on a busy machine."""
+    for attempt in range(3):
+        page.goto(f"{airflow.base_url}/dags/{DAG_ID}/runs/{run_id}/tasks/{task_id}")
+        try:
+            page.get_by_text(text).first.wait_for()
+            return
+        except Exception:
+            shot(page, f"log-not-yet-{task_id}-{attempt}")
+    page.get_by_text(text).first.wait_for()
 
 
 def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_paging(airflow: Airflow, page) -> None:
@@ -317,8 +332,7 @@ def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_pa
     running = sorted([RECONCILIATION, "mirakl_refund_sync__sandbox"])  # the ones unpaused above
     assert plan["flows"] == running and len(plan["flows"]) + len(plan["already_paused"]) >= 7
     assert f"Pause 2 flow(s): {', '.join(running)}." in plan["plan"]
-    page.goto(f"{airflow.base_url}/dags/{DAG_ID}/runs/{run['dag_run_id']}/tasks/plan_disconnect")
-    page.get_by_text("DRY RUN").first.wait_for()
+    open_task_log(page, airflow, run["dag_run_id"], "plan_disconnect", "DRY RUN")
     shot(page, "04-dry-run-log")
 
     trigger_account(page, airflow, "Disconnect the marketplace", f"browser_typo_{stamp}", confirmation="disconnect",
@@ -326,11 +340,18 @@ def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_pa
     run = airflow.wait_for_run(DAG_ID, f"browser_typo_{stamp}")
     assert run["conf"]["dry_run"] is False and run["conf"]["confirmation"] == "disconnect"
     assert run["state"] == "failed"
-    page.goto(f"{airflow.base_url}/dags/{DAG_ID}/runs/{run['dag_run_id']}/tasks/plan_disconnect")
-    page.get_by_text("must read exactly 'Disconnect'").first.wait_for()
+    open_task_log(page, airflow, run["dag_run_id"], "plan_disconnect", "must read exactly 'Disconnect'")
     shot(page, "05-typo-refused-log")
     failures = [e for e in Ledger.from_url(airflow.ledger_url).open_exceptions(MARKETPLACE) if e.kind == "task_failure"]
     assert failures == [] and airflow.slack.payloads == []
+
+
+def pick_date(page, dialog, index: int, day, clock: str) -> None:
+    """Airflow's date picker: open its popover, type the date and the time, click away to close it."""
+    dialog.get_by_test_id("datetime-input").nth(index).click()
+    page.locator("input[placeholder='YYYY/MM/DD']:visible").last.fill(day.strftime("%Y/%m/%d"))
+    page.locator("input[placeholder='HH:mm']:visible").last.fill(clock)
+    dialog.get_by_role("heading").first.click()
 
 
 def test_ops_backfills_three_reconciliation_days_from_the_dialog_and_they_end_green(airflow: Airflow, page) -> None:
@@ -340,10 +361,9 @@ def test_ops_backfills_three_reconciliation_days_from_the_dialog_and_they_end_gr
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Backfill", exact=True).first.click()
-    dates = dialog.locator("input[type=datetime-local]")
     # Runs dated D+1 02:30 reconcile D: the three runs after the three sales days.
-    dates.nth(0).fill(f"{DAYS[0] + timedelta(days=1)}T00:00")
-    dates.nth(1).fill(f"{DAYS[-1] + timedelta(days=1)}T23:59")
+    pick_date(page, dialog, 0, DAYS[0] + timedelta(days=1), "00:00")
+    pick_date(page, dialog, 1, DAYS[-1] + timedelta(days=1), "23:59")
     expect(dialog.get_by_text("3 runs will be triggered.")).to_be_visible()
     shot(page, "06-backfill-dialog")
     dialog.get_by_role("button", name="Run Backfill").click()
