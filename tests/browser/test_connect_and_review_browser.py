@@ -6,29 +6,14 @@ on loopback; Airflow's components run as `airflow standalone`. Playwright drives
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-import requests
 
-from tests.browser.test_operations_page_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    STARTUP_TIMEOUT,
-    UI_TIMEOUT_MS,
-    Airflow,
-    _free_port,
-    _stop,
-    _wait_until,
-)
+from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, Airflow, standalone
 
-ROOT = Path(__file__).resolve().parents[2]
 MARKETPLACE = "sandbox"
 CONN_ID = "mirakl_sandbox"
 REVIEW_DAG = "mirakl_order_review__sandbox"
@@ -48,51 +33,19 @@ def sandbox():
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, sandbox) -> Iterator[Airflow]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-browser.sh")
     from include.woo_mirakl.ledger import Ledger
 
     tmp = tmp_path_factory.mktemp("browser-connect")
-    home = tmp / "airflow"
-    home.mkdir()
     ledger_url = f"sqlite:///{tmp / 'ledger.db'}"
     _seed_flagged_order(Ledger.from_url(ledger_url), sandbox)
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    sandbox.auth.client().redirect_uris = [f"{base_url}/woo-mirakl-connect/callback"]
-    airflow_bin = Path(sys.executable).with_name("airflow")
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join((str(airflow_bin.parent), os.environ.get("PATH", ""))),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": base_url,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW_CONN_WOO_MIRAKL_LEDGER": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": ledger_url}}),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        "WOO_MIRAKL_HOME": str(ROOT),
-    }
-    env.pop("AIRFLOW_CONN_MIRAKL_SANDBOX", None)  # the connection lives in Airflow's database, as Connect needs
-    log = tmp / "standalone.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(airflow_bin), "standalone"], cwd=tmp, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_until("the API server", lambda: requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).ok,
-                    STARTUP_TIMEOUT, log, process)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        _wait_until("the admin password", passwords.exists, 30, log, process)
-        running = Airflow(base_url, json.loads(passwords.read_text())["admin"], ledger_url, tmp)
-        _wait_until(f"DAG {REVIEW_DAG}", lambda: running.get(f"/api/v2/dags/{REVIEW_DAG}").ok, STARTUP_TIMEOUT,
-                    log, process)
+
+    def register_the_callback(env: dict[str, str], base_url: str) -> None:
+        sandbox.auth.client().redirect_uris = [f"{base_url}/woo-mirakl-connect/callback"]
+
+    # the Mirakl connection is created in Airflow's database by the test, as Connect needs
+    with standalone(tmp, ledger_url, before_start=register_the_callback) as running:
+        running.wait_for_dags(REVIEW_DAG)
         yield running
-    finally:
-        _stop(process)
 
 
 def _seed_flagged_order(ledger, sandbox) -> None:
@@ -113,11 +66,6 @@ def _seed_flagged_order(ledger, sandbox) -> None:
     ledger.set_order_lines(MARKETPLACE, ORDER_ID, [
         {"mirakl_order_line_id": line["order_line_id"], "offer_sku": line["offer_sku"], "quantity": line["quantity"],
          "price": line["price"], "mirakl_state": "WAITING_ACCEPTANCE"} for line in payload["order_lines"]])
-
-
-def _api(airflow: Airflow, method: str, path: str, **kwargs) -> requests.Response:
-    return requests.request(method, f"{airflow.base_url}{path}", timeout=30,
-                            headers={"Authorization": f"Bearer {airflow.token()}"}, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +89,7 @@ def test_connect_to_mirakl_from_the_operations_page(airflow: Airflow, sandbox, p
     from playwright.sync_api import expect
 
     client = sandbox.auth.client()
-    reply = _api(airflow, "POST", "/api/v2/connections", json={
+    reply = airflow.call("POST", "/api/v2/connections", json={
         "connection_id": CONN_ID, "conn_type": "mirakl", "host": sandbox.mirakl_url, "login": client.client_id,
         "password": client.client_secret, "extra": json.dumps({
             "auth_mode": "oauth_authorization_code", "shop_id": sandbox.mirakl.shop_id,
@@ -177,7 +125,7 @@ def test_connect_to_mirakl_from_the_operations_page(airflow: Airflow, sandbox, p
     page.get_by_role("link", name="Mirakl connections").click()
     expect(page.locator("tr[data-marketplace=sandbox]")).to_contain_text("Reconnect")
 
-    reply = _api(airflow, "GET", f"/api/v2/connections/{CONN_ID}")
+    reply = airflow.call("GET", f"/api/v2/connections/{CONN_ID}")
     assert "refresh_token" in reply.json()["extra"] and user.password not in reply.text
 
 
@@ -187,14 +135,14 @@ def test_a_person_answers_the_required_action_in_the_ui(airflow: Airflow, page) 
     from include.woo_mirakl.ledger import Ledger
 
     # unpaused, the flow's next scheduled run claims the flagged order and opens its required action
-    assert _api(airflow, "PATCH", f"/api/v2/dags/{REVIEW_DAG}", json={"is_paused": False}).ok
+    assert airflow.call("PATCH", f"/api/v2/dags/{REVIEW_DAG}", json={"is_paused": False}).ok
     action = None
     deadline = time.monotonic() + 240
     while action is None and time.monotonic() < deadline:
-        found = _api(airflow, "GET", f"/api/v2/dags/{REVIEW_DAG}/dagRuns/~/hitlDetails").json()
+        found = airflow.call("GET", f"/api/v2/dags/{REVIEW_DAG}/dagRuns/~/hitlDetails").json()
         action = next((d for d in found.get("hitl_details", []) if not d["response_received"]), None)
         time.sleep(2)
-    assert action is not None, (airflow.workdir / "standalone.log").read_text(errors="replace")[-3000:]
+    assert action is not None, airflow.log.read_text(errors="replace")[-3000:]
     ti = action["task_instance"]
     run_id, map_index = ti["dag_run_id"], ti["map_index"]
     assert ti["rendered_map_index"] == ORDER_ID

@@ -13,14 +13,10 @@ browser download is not used). One Airflow per module: it is the slow part; the 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from datetime import UTC, datetime, time as dtime, timedelta
@@ -28,84 +24,19 @@ from datetime import UTC, datetime, time as dtime, timedelta
 import pytest
 import requests
 
+from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, UI_TIMEOUT_MS, Airflow, standalone
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 MARKETPLACE = "sandbox"
 SKU = "SKU-BROWSER-1"
 DAG_ID = "mirakl_account__sandbox"
 PAGE_TITLE = "Woo ⇄ Mirakl operations"  # the nav entry and the iframe's title
-STARTUP_TIMEOUT = 180.0
-UI_TIMEOUT_MS = 30_000
-RUN_TIMEOUT = 420.0  # a DAG run through the real scheduler on a busy 2-core machine
 SHOTS = ROOT / "var" / "browser-screenshots"
 RECONCILIATION = "mirakl_payout_reconciliation__sandbox"
 TODAY = datetime.now(UTC).date()
 DAYS = [TODAY - timedelta(days=n) for n in (4, 3, 2)]  # the three reconciled (backfilled) days
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class Airflow:
-    """A running `airflow standalone` and what the test needs to talk to it."""
-
-    base_url: str
-    password: str
-    ledger_url: str
-    workdir: Path  # the standalone log
-    reports: Path
-    slack: object  # the Slack webhook stand-in
-
-    def token(self) -> str:
-        reply = requests.post(f"{self.base_url}/auth/token", json={"username": "admin", "password": self.password},
-                              timeout=30)
-        reply.raise_for_status()
-        return reply.json()["access_token"]
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.base_url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
-                            timeout=30)
-
-    def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{self.base_url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
-                                timeout=30, **kwargs)
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()
-            if run.get("state") in ("success", "failed"):
-                return run
-            time.sleep(3)
-        raise AssertionError(f"{dag_id} {run_id} did not finish in {timeout:.0f}s: {run}")
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
-        reply = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
-        assert reply.status_code == 200, reply.text
-        return reply.json()["value"]
-
-
-def _wait_until(what: str, ready, timeout: float, log: Path, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if ready():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
-    raise AssertionError(f"{what} not ready (exit code {process.poll()}, {timeout:.0f}s allowed); airflow standalone log tail:\n{tail}")
 
 
 def _sandbox_with_three_days_of_sales():
@@ -131,8 +62,6 @@ def _sandbox_with_three_days_of_sales():
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory) -> Iterator[Airflow]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-browser.sh")
     from include.sandbox.sinks import SlackSink
     from include.woo_mirakl.ledger import Ledger
 
@@ -140,97 +69,46 @@ def airflow(tmp_path_factory) -> Iterator[Airflow]:
     for old in SHOTS.glob("*.png"):
         old.unlink()
     tmp = tmp_path_factory.mktemp("browser")
-    home = tmp / "airflow"
-    home.mkdir()
     ledger_url = f"sqlite:///{tmp / 'ledger.db'}"
     Ledger.from_url(ledger_url).raise_exception(
         "stock_drift", SKU, {"mirakl_quantity": 3, "expected_quantity": 7}, marketplace=MARKETPLACE)
     sandbox = _sandbox_with_three_days_of_sales()
     slack = SlackSink()
 
-    port = _free_port()
-    airflow_bin = Path(sys.executable).with_name("airflow")
+    def migrate_and_add_the_flows_user(env: dict[str, str], base_url: str) -> None:
+        """As `make airflow`: the metadata DB, then the user and connection the account flow pauses flows with."""
+        for command in ([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                        [sys.executable, "-m", "include.woo_mirakl.flows_api_user", "--api-url", base_url]):
+            done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")},
-        # standalone starts its components as `airflow ...` from PATH: this venv's.
-        "PATH": os.pathsep.join((str(airflow_bin.parent), os.environ.get("PATH", ""))),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,woo_mirakl_flows:user",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        # Ports of their own, so a developer's Airflow or another test cannot collide with this one.
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW_CONN_WOO_MIRAKL_LEDGER": json.dumps(
-            {"conn_type": "generic", "extra": {"sqlalchemy_url": ledger_url}}),
         "WOO_MIRAKL_REPORTS_DIR": str(tmp / "reports"),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        "WOO_MIRAKL_HOME": str(ROOT),
     }
-    log = tmp / "standalone.log"
-    # As `make airflow`: the metadata DB, then the user and connection the account flow pauses flows with.
-    for argv in (["db", "migrate"], None):
-        command = [str(airflow_bin), *argv] if argv else [sys.executable, "-m", "include.woo_mirakl.flows_api_user",
-                                                          "--api-url", f"http://127.0.0.1:{port}"]
-        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(airflow_bin), "standalone"], cwd=tmp, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until("the API server", lambda: requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).ok,
-                    STARTUP_TIMEOUT, log, process)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        _wait_until("the admin password", lambda: "admin" in json.loads(passwords.read_text() or "{}"), 30, log,
-                    process)
-        running = Airflow(base_url, json.loads(passwords.read_text())["admin"], ledger_url, tmp, tmp / "reports",
-                          slack)
-        # The UI can only open the trigger form once the dag-processor has parsed the DAG.
-        for dag_id in (DAG_ID, RECONCILIATION):
-            _wait_until(f"DAG {dag_id}", lambda: running.get(f"/api/v2/dags/{dag_id}").ok, STARTUP_TIMEOUT, log,
-                        process)
-        for pool, slots in (("mirakl_api", 2), ("woocommerce_api", 4)):  # as airflow_settings.yaml
-            reply = running.call("POST", "/api/v2/pools", json={"name": pool, "slots": slots})
-            assert reply.status_code == 201, reply.text
-        # The connections an operator creates in Admin → Connections (the list shows only these, not env vars).
-        for body in (
-            {"connection_id": "mirakl_sandbox", "conn_type": "mirakl", "host": sandbox.mirakl_url,
-             "password": sandbox.mirakl.api_key, "extra": json.dumps({"shop_id": sandbox.mirakl.shop_id})},
-            {"connection_id": "woocommerce_default", "conn_type": "woocommerce", "host": sandbox.woo_url,
-             "login": sandbox.woo.consumer_key, "password": sandbox.woo.consumer_secret},
-            {"connection_id": "slack_alerts", "conn_type": "woo_mirakl_slack_webhook", "password": slack.url},
-        ):
-            reply = running.call("POST", "/api/v2/connections", json=body)
-            assert reply.status_code == 201, reply.text
-        yield running
+        with standalone(tmp, ledger_url, env=env, before_start=migrate_and_add_the_flows_user,
+                        reports=tmp / "reports", slack=slack) as running:
+            running.wait_for_dags(DAG_ID, RECONCILIATION)
+            for pool, slots in (("mirakl_api", 2), ("woocommerce_api", 4)):  # as airflow_settings.yaml
+                reply = running.call("POST", "/api/v2/pools", json={"name": pool, "slots": slots})
+                assert reply.status_code == 201, reply.text
+            # The connections an operator creates in Admin → Connections (the list shows only these, not env vars).
+            for body in (
+                {"connection_id": "mirakl_sandbox", "conn_type": "mirakl", "host": sandbox.mirakl_url,
+                 "password": sandbox.mirakl.api_key, "extra": json.dumps({"shop_id": sandbox.mirakl.shop_id})},
+                {"connection_id": "woocommerce_default", "conn_type": "woocommerce", "host": sandbox.woo_url,
+                 "login": sandbox.woo.consumer_key, "password": sandbox.woo.consumer_secret},
+                {"connection_id": "slack_alerts", "conn_type": "woo_mirakl_slack_webhook", "password": slack.url},
+            ):
+                reply = running.call("POST", "/api/v2/connections", json=body)
+                assert reply.status_code == 201, reply.text
+            yield running
     finally:
-        _stop(process)
         sandbox.stop()
         slack.stop()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop standalone and everything it started: the whole process group, not just its leader."""
-    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader so the group can empty
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
