@@ -26,11 +26,12 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.clients.http import ClientError
 from include.woo_mirakl.clients.mirakl_models import Order, RefundLine, parse_datetime
 from include.woo_mirakl.config import CONFIG_DIR, ConfigError, Marketplace
 from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
 from include.woo_mirakl.order_money import refund_excess, tax_mode
+from include.woo_mirakl.writes import DONE, FINAL, UNCERTAIN, Write, WriteResult, Writer, concerns_every_record
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ KIND_REFUND = "mirakl.OR28"
 KIND_NOTE = "woo.refund_note"
 EXC_UNSENDABLE = "refund_unsendable"
 EXC_REFUSED = "refund_refused"
+EXC_FAILED = "refund_failed"
 REASONS_FILE = CONFIG_DIR / "refund_reasons.yaml"
 OVERLAP = timedelta(minutes=5)
 INITIAL_LOOKBACK = timedelta(days=30)
@@ -313,6 +315,7 @@ class RefundSync:
         self.reasons = reasons or ReasonMap.load()
         self.clock = clock
         self.overlap = overlap
+        self.writer = Writer(ledger, marketplace.name)
         self._woo_orders: dict[int, dict] = {}
         self._fresh: dict[str, Order] = {}
 
@@ -335,25 +338,42 @@ class RefundSync:
             stamp = parse_datetime(_gmt(refund.get("date_created_gmt")))
             newest = max(filter(None, (newest, stamp)), default=None)
             refunds[int(refund["id"])] = refund
+        pending: dict[int, int] = {}
         for refund_id, order_id in pending_before.items():
             if refund_id not in refunds:
-                found = self._refund_of_order(order_id, refund_id)
+                try:
+                    found = self._refund_of_order(order_id, refund_id)
+                except ClientError as error:
+                    self._isolate(error, {"id": refund_id}, order_id, "reading it back")
+                    pending[refund_id] = order_id
+                    counts["failed"] += 1
+                    continue
                 if found is not None:
                     refunds[refund_id] = found
 
         self._check_uncertain_on_mirakl(refunds)
-        pending: dict[int, int] = {}
         for refund_id, refund in sorted(refunds.items()):
             order_id = int(refund.get("parent_id") or 0)
-            outcome = self._one(refund, order_id, counts)
+            try:
+                outcome = self._one(refund, order_id, counts)
+            except ClientError as error:
+                outcome = self._isolate(error, refund, order_id, "handling it")
             counts[outcome] += 1
-            if outcome in ("retry", "uncertain", "note_pending"):
+            if outcome in ("retry", "uncertain", "note_pending", "failed"):
                 pending[refund_id] = order_id
         next_since = max(since, newest) if newest else since
         self.ledger.set_cursor(FLOW, self.mp, "woo_refunds",
                                {"since": next_since.isoformat(), "pending": {str(k): v for k, v in pending.items()}})
         counts["pending"] = len(pending)
         return dict(counts)
+
+    def _isolate(self, error: ClientError, refund: Mapping[str, Any], order_id: int, doing: str) -> str:
+        """One refund's failure (a 404, a persistent 5xx, a 403) is an exception on it; the cycle goes on."""
+        if concerns_every_record(error):
+            raise error
+        self._failed(refund, order_id, f"refund {refund['id']} of WooCommerce order {order_id} failed while "
+                                       f"{doing} (tried again every cycle): {error}")
+        return "failed"
 
     def _check_uncertain_on_mirakl(self, refunds: Mapping[int, dict]) -> None:
         """One OR11 for every order with a refund whose outcome is unknown and not settled by the ledger copy."""
@@ -409,20 +429,54 @@ class RefundSync:
                 }, self.mp)
                 return "unsendable"
             self.ledger.set_cursor(FLOW, self.mp, f"or28:{int(refund['id'])}", request)
-        action = self.ledger.begin_action(key, KIND_REFUND, record.mirakl_order_id, request, self.mp)
+
+        def outcome(results: list[Any], found: list[str] | None = None) -> dict[str, Any]:
+            ids = found if found is not None else [r.refund_id for r in results if r.refund_id]
+            return self._outcome(refund, order_id, request, ids, found_on_mirakl=found is not None,
+                                 order_refund_id=next((r.order_refund_id for r in results if r.order_refund_id), None))
+
+        write = Write(key=key, kind=KIND_REFUND, target=record.mirakl_order_id, request=request,
+                      send=lambda: self.mirakl.refund(lines_of(request)), outcome=outcome)
+        action = self.writer.begin(write)
         if action.state == "done":
             return self._after(refund, order_id, action.outcome or {}, "already_sent")
         if action.state == "failed":
             return "refused_earlier"
-        if action.state == "uncertain":
+        if action.state == "uncertain":  # never sent again before Mirakl's refunds say it did not land
             landed = self._landed(request, record, refund)
             if landed is None:
                 return "uncertain"  # Mirakl cannot be asked now: ask again next cycle, send nothing
             if landed:
-                outcome = self._outcome(refund, order_id, request, landed, found_on_mirakl=True)
-                self.ledger.complete_action(key, outcome)
-                return self._after(refund, order_id, outcome, "settled_from_mirakl")
-        return self._send(key, refund, order_id, record, request)
+                done = self.writer.settled(write, action, outcome([], found=landed))
+                self.ledger.resolve_exception(EXC_FAILED, str(refund["id"]), self.mp)
+                return self._after(refund, order_id, done.outcome or {}, "settled_from_mirakl")
+        return self._sent(self.writer.send(write, action), refund, order_id, record, request)
+
+    def _sent(self, sent: WriteResult, refund: dict, order_id: int, record: OrderRecord, request: dict) -> str:
+        """What one OR28 call told, recorded against its refund."""
+        if sent.status == DONE:
+            self.ledger.resolve_exception(EXC_UNSENDABLE, str(refund["id"]), self.mp)
+            self.ledger.resolve_exception(EXC_FAILED, str(refund["id"]), self.mp)
+            return self._after(refund, order_id, sent.outcome or {}, "sent")
+        where = f"refund {refund['id']} of WooCommerce order {order_id} (Mirakl order {record.mirakl_order_id})"
+        if sent.status == FINAL:
+            error = sent.exception
+            self.ledger.raise_exception(EXC_REFUSED, str(refund["id"]), {
+                "woo_refund_id": refund["id"], "woo_order_id": order_id, "order_id": record.mirakl_order_id,
+                "status": getattr(error, "status", None), "code": getattr(error, "code", None), "request": request,
+                "message": f"Mirakl refused {where}: {getattr(error, 'message', sent.error)}",
+            }, self.mp)
+            return "refused"
+        if concerns_every_record(sent.exception):
+            raise sent.exception
+        if sent.persistent:
+            self._failed(refund, order_id, f"OR28 for {where} not done after {sent.action.attempts} attempts "
+                                           f"(retried every cycle, never twice): {sent.error}")
+        return "uncertain" if sent.status == UNCERTAIN else "retry"
+
+    def _failed(self, refund: dict, order_id: int, message: str) -> None:
+        self.ledger.raise_exception(EXC_FAILED, str(refund["id"]), {
+            "woo_refund_id": refund["id"], "woo_order_id": order_id, "message": message}, self.mp)
 
     def _plan(self, refund: dict, order_id: int, record: OrderRecord) -> dict[str, Any]:
         mirakl_order = Order.from_api((record.detail or {}).get("payload") or {})
@@ -462,33 +516,6 @@ class RefundSync:
             return None
         return find_landed(request, fresh, claimed) or False
 
-    def _send(self, key: str, refund: dict, order_id: int, record: OrderRecord, request: dict) -> str:
-        try:
-            results = self.mirakl.refund(lines_of(request))
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
-            return "uncertain"
-        except ApiError as error:
-            retryable = error.status >= 500 or error.status == 429
-            self.ledger.fail_action(key, str(error), retryable=retryable)
-            if retryable:
-                return "retry"
-            self.ledger.raise_exception(EXC_REFUSED, str(refund["id"]), {
-                "woo_refund_id": refund["id"], "woo_order_id": order_id, "order_id": record.mirakl_order_id,
-                "status": error.status, "code": error.code, "request": request,
-                "message": f"Mirakl refused refund {refund['id']} of WooCommerce order {order_id}: {error.message}",
-            }, self.mp)
-            return "refused"
-        except ClientError as error:  # never reached Mirakl: safe to send next cycle
-            self.ledger.fail_action(key, str(error), retryable=True)
-            return "retry"
-        ids = [r.refund_id for r in results if r.refund_id]
-        outcome = self._outcome(refund, order_id, request, ids, found_on_mirakl=False,
-                                order_refund_id=next((r.order_refund_id for r in results if r.order_refund_id), None))
-        self.ledger.complete_action(key, outcome)
-        self.ledger.resolve_exception(EXC_UNSENDABLE, str(refund["id"]), self.mp)
-        return self._after(refund, order_id, outcome, "sent")
-
     @staticmethod
     def _outcome(refund: dict, order_id: int, request: dict, ids: list[str], found_on_mirakl: bool,
                  order_refund_id: str | None = None) -> dict[str, Any]:
@@ -507,20 +534,26 @@ class RefundSync:
         if existing is not None and existing.state == "done":
             return "already_sent"
         text = refund_note(refund["id"], list(outcome.get("refund_ids") or []), self.mp)
-        action = self.ledger.begin_action(key, KIND_NOTE, str(order_id), {"note": text}, self.mp)
+
+        def settle(_: Any) -> dict | None:  # an earlier attempt may have added it: WooCommerce has no key
+            return {"found": True} if any(n.get("note") == text for n in self.woo.list_notes(order_id)) else None
+
+        write = Write(key=key, kind=KIND_NOTE, target=str(order_id), request={"note": text},
+                      send=lambda: self.woo.add_note(order_id, text),
+                      outcome=lambda note: {"note_id": (note or {}).get("id")})
         try:
-            if action.state == "uncertain" and any(n.get("note") == text for n in self.woo.list_notes(order_id)):
-                self.ledger.complete_action(key, {"found": True})
-                return "sent"
-            note = self.woo.add_note(order_id, text)
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
+            sent = self.writer.write(write, settle=settle)
+        except ClientError as error:  # the notes could not be read: look again next cycle
+            if concerns_every_record(error):
+                raise
             return "note_pending"
-        except ClientError as error:
-            self.ledger.fail_action(key, str(error), retryable=True)
-            return "note_pending"
-        self.ledger.complete_action(key, {"note_id": note.get("id")})
-        return "sent"
+        if sent.status == FINAL:
+            self._failed(refund, order_id, f"the note with the Mirakl refund ids could not be added to WooCommerce "
+                                           f"order {order_id}: {sent.error}")
+            return "note_failed"
+        if sent.status != DONE and concerns_every_record(sent.exception):
+            raise sent.exception
+        return "sent" if sent.status == DONE else "note_pending"
 
 
 def _gmt(value: Any) -> str | None:

@@ -24,11 +24,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.clients.http import ClientError
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
 from include.woo_mirakl.clients.woocommerce import Shipment
 from include.woo_mirakl.config import Marketplace, normalise_carrier
-from include.woo_mirakl.ledger.repository import ActionConflictError, Ledger, OrderRecord
+from include.woo_mirakl.ledger.repository import Ledger, OrderRecord
+from include.woo_mirakl.writes import DONE, FINAL, Write, Writer, concerns_every_record
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class ShipmentConfirm:
         self.woo = woo
         self.clock = clock
         self.overlap = overlap
+        self.writer = Writer(ledger, marketplace.name)
         # per cycle: orders read from OR11 and tracking read from WooCommerce
         self._fresh: dict[str, Order] = {}
         self._tracking: dict[int, list[Shipment]] = {}
@@ -165,8 +167,13 @@ class ShipmentConfirm:
             newest = max(filter(None, (newest, stamp)), default=None)
             if meta_value(order, META_MARKETPLACE) == self.mp and meta_value(order, META_ORDER_ID):
                 candidates[int(order["id"])] = order
+        waiting: set[int] = set()
         for woo_id in waiting_before - set(candidates):
-            candidates[woo_id] = self.woo.get_order(woo_id)
+            try:
+                candidates[woo_id] = self.woo.get_order(woo_id)
+            except ClientError as error:
+                self._isolate(error, woo_id, None, "reading the WooCommerce order", counts)
+                waiting.add(woo_id)
 
         work: list[tuple[OrderRecord, dict]] = []
         for woo_id, order in candidates.items():
@@ -178,30 +185,50 @@ class ShipmentConfirm:
         self._fresh, self._tracking = {}, {}
         if work:
             self._note_tracking_sources()
-        unsettled = self._settle_uncertain(work, counts)
+        unsettled = self._read_uncertain(work, counts)
 
-        waiting: set[int] = set()
-        carriers: tuple[dict[str, str], frozenset[str] | None] | None = None
+        carriers: list[tuple[dict[str, str], frozenset[str] | None]] = []  # read once, when first needed
         for record, order in work:
-            status = order.get("status")
             if record.mirakl_order_id in unsettled:
                 waiting.add(int(order["id"]))
                 continue
-            if status == "cancelled":
-                if self._cancel(record, counts):
-                    waiting.add(int(order["id"]))
-                continue
-            shipments = self._shipments(order)
-            if status != "completed" and pick_shipment(shipments) is None:
-                continue  # processing and nothing tracked: not shipped yet
-            if carriers is None:
-                carriers = (self.marketplace.carrier_map(), self.known_carrier_codes())
-            if self._ship(record, order, shipments, carriers, counts):
+            try:
+                again = self._one(record, order, carriers, counts)
+            except ClientError as error:
+                again = self._isolate(error, int(order["id"]), record.mirakl_order_id, "handling it", counts)
+            if again:
                 waiting.add(int(order["id"]))
         next_since = max(since, newest) if newest else since
         self.ledger.set_cursor(FLOW, self.mp, "woo_orders", {"since": _iso(next_since), "waiting": sorted(waiting)})
         counts["waiting"] = len(waiting)
         return dict(counts)
+
+    def _one(self, record: OrderRecord, order: dict, carriers: list, counts: Counter[str]) -> bool:
+        """One WooCommerce order: cancel or ship it on Mirakl; True when it must be looked at again."""
+        status = order.get("status")
+        if status == "cancelled":
+            return self._cancel(record, counts)
+        shipments = self._shipments(order)
+        if status != "completed" and pick_shipment(shipments) is None:
+            return False  # processing and nothing tracked: not shipped yet
+        if not carriers:
+            carriers.append((self.marketplace.carrier_map(), self.known_carrier_codes()))
+        return self._ship(record, order, shipments, carriers[0], counts)
+
+    def _isolate(self, error: ClientError, woo_id: int, order_id: str | None, doing: str, counts: Counter[str]) -> bool:
+        """One order's failure (a 404, a persistent 5xx, a 403) is an exception on it; the cycle goes on."""
+        if concerns_every_record(error):
+            raise error
+        if order_id is None:
+            record = self.ledger.find_order_by_woo_id(woo_id, self.mp)
+            order_id = record.mirakl_order_id if record is not None else f"woo:{woo_id}"
+        self.ledger.raise_exception(EXC_SHIP_FAILED, order_id, {
+            "order_id": order_id, "woo_order_id": woo_id,
+            "message": f"shipment of WooCommerce order {woo_id} (Mirakl order {order_id}) failed while {doing} "
+                       f"(tried again every cycle): {error}",
+        }, self.mp)
+        counts["failed"] += 1
+        return True
 
     def _state(self, record: OrderRecord) -> str | None:
         fresh = self._fresh.get(record.mirakl_order_id)
@@ -215,9 +242,13 @@ class ShipmentConfirm:
         order_id = record.mirakl_order_id
         ship_key = self._key(KIND_SHIP, order_id)
         done = self.ledger.get_action(ship_key)
-        if done is not None and done.state == "done":
-            return False
         state = self._state(record)
+        if done is not None and done.state == "done":
+            # shipped: only a corrected tracking number is sent (OR23 overwrites; same one: no call)
+            shipment = pick_shipment(shipments)
+            if shipment is None or state in ENDED:
+                return False
+            return self._send_tracking(record, order, shipment, carriers, counts) == "retry"
         if state in ENDED:
             self.ledger.raise_exception(EXC_SHIPPED_CANCELLED, order_id, {
                 "order_id": order_id, "woo_order_id": order["id"], "mirakl_state": state,
@@ -257,29 +288,20 @@ class ShipmentConfirm:
         if not request.body:
             counts["tracking_not_sent"] += 1
             return "skipped"
-        key = self._key(KIND_TRACKING, order_id)
-        try:
-            action = self.ledger.begin_action(key, KIND_TRACKING, order_id, {"order_id": order_id, **request.body},
-                                              self.mp)
-        except ActionConflictError:
-            # the tracking changed in WooCommerce after an earlier OR23: OR23 is a plain overwrite
-            counts["tracking_changed"] += 1
-            return "skipped"
-        if action.state == "done":
-            return "done"
-        if action.state == "failed":
-            return "skipped"
-        return self._call(key, order_id, KIND_TRACKING, EXC_TRACKING_FAILED, counts,
-                          lambda: self.mirakl.update_tracking(order_id, **request.body))
+        body = request.body
+        return self._write(Write(
+            key=self._key(KIND_TRACKING, order_id), kind=KIND_TRACKING, target=order_id,
+            request={"order_id": order_id, **body}, send=lambda: self.mirakl.update_tracking(order_id, **body),
+            outcome=lambda _: {"order_id": order_id},
+            supersede=True,  # a tracking number corrected in WooCommerce is sent again: OR23 overwrites
+        ), record, EXC_TRACKING_FAILED, counts, lambda shown: _shows_tracking(shown, body["tracking_number"]))
 
     def _send_ship(self, record: OrderRecord, counts: Counter[str]) -> str:
         order_id = record.mirakl_order_id
-        key = self._key(KIND_SHIP, order_id)
-        action = self.ledger.begin_action(key, KIND_SHIP, order_id, {"order_id": order_id}, self.mp)
-        if action.state in ("done", "failed"):
-            return action.state
-        outcome = self._call(key, order_id, KIND_SHIP, EXC_SHIP_FAILED, counts,
-                             lambda: self.mirakl.ship_order(order_id))
+        outcome = self._write(Write(
+            key=self._key(KIND_SHIP, order_id), kind=KIND_SHIP, target=order_id, request={"order_id": order_id},
+            send=lambda: self.mirakl.ship_order(order_id), outcome=lambda _: {"order_id": order_id},
+        ), record, EXC_SHIP_FAILED, counts, lambda shown: shown.order_state in AFTER_SHIPPING)
         if outcome == "done":
             self.ledger.resolve_exception(EXC_OVERDUE, order_id, self.mp)
         return outcome
@@ -288,109 +310,106 @@ class ShipmentConfirm:
         """OR29 for an order cancelled in WooCommerce; True when it must be looked at again."""
         order_id = record.mirakl_order_id
         state = self._state(record)
-        if record.woo_status == "cancelled" or state in ENDED:
-            return False  # cancelled because Mirakl cancelled it (the orders flow did that)
-        key = self._key(KIND_CANCEL, order_id)
-        existing = self.ledger.get_action(key)
-        if existing is not None and existing.state in ("done", "failed"):
+        existing = self.ledger.get_action(self._key(KIND_CANCEL, order_id))
+        if existing is not None and existing.state in ("done", "failed") and not existing.retryable:
             return False
-        fresh = self._fresh.get(order_id)
-        payload = fresh.raw if fresh is not None else ((record.detail or {}).get("payload") or {})
-        if state in AFTER_SHIPPING or not payload.get("can_cancel"):
-            self.ledger.raise_exception(EXC_CANCEL_REFUSED, order_id, {
-                "order_id": order_id, "woo_order_id": record.woo_order_id, "mirakl_state": state,
-                "message": f"WooCommerce order {record.woo_order_id} was cancelled, but Mirakl does not allow "
-                           f"cancelling order {order_id} in state {state}: cancel or refund it in Mirakl",
-            }, self.mp)
-            counts["cancel_refused"] += 1
-            return state in BEFORE_SHIPPING  # it may become cancellable once it reaches SHIPPING
-        self.ledger.begin_action(key, KIND_CANCEL, order_id, {"order_id": order_id}, self.mp)
-        outcome = self._call(key, order_id, KIND_CANCEL, EXC_CANCEL_REFUSED, counts,
-                             lambda: self.mirakl.cancel_order(order_id))
-        if outcome == "done":
-            self.ledger.resolve_exception(EXC_CANCEL_REFUSED, order_id, self.mp)
+        unfinished = existing is not None and existing.state in ("intent", "uncertain")
+        if not unfinished:  # an unfinished OR29 is settled from Mirakl's state first, whatever it is now
+            if record.woo_status == "cancelled" or state in ENDED:
+                return False  # cancelled because Mirakl cancelled it (the orders flow did that)
+            fresh = self._fresh.get(order_id)
+            payload = fresh.raw if fresh is not None else ((record.detail or {}).get("payload") or {})
+            if state in AFTER_SHIPPING or not payload.get("can_cancel"):
+                self.ledger.raise_exception(EXC_CANCEL_REFUSED, order_id, {
+                    "order_id": order_id, "woo_order_id": record.woo_order_id, "mirakl_state": state,
+                    "message": f"WooCommerce order {record.woo_order_id} was cancelled, but Mirakl does not allow "
+                               f"cancelling order {order_id} in state {state}: cancel or refund it in Mirakl",
+                }, self.mp)
+                counts["cancel_refused"] += 1
+                return state in BEFORE_SHIPPING  # it may become cancellable once it reaches SHIPPING
+        outcome = self._write(Write(
+            key=self._key(KIND_CANCEL, order_id), kind=KIND_CANCEL, target=order_id, request={"order_id": order_id},
+            send=lambda: self.mirakl.cancel_order(order_id), outcome=lambda _: {"order_id": order_id},
+        ), record, EXC_CANCEL_REFUSED, counts, lambda shown: shown.order_state == "CANCELED")
         return outcome == "retry"
 
-    def _call(self, key: str, order_id: str, kind: str, exception_kind: str, counts: Counter[str],
-              send: Callable[[], None]) -> str:
-        """Send one write and record its outcome: ``done``, ``failed`` (for good) or ``retry``."""
-        label = kind.split(".")[-1]
-        try:
-            send()
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
-            counts[f"{label}_uncertain"] += 1
-            return "retry"
-        except ApiError as error:
-            retryable = error.status >= 500 or error.status == 429
-            self.ledger.fail_action(key, str(error), retryable=retryable)
-            if retryable:
-                counts[f"{label}_retry"] += 1
-                return "retry"
-            self.ledger.raise_exception(exception_kind, order_id, {
-                "order_id": order_id, "call": label, "status": error.status, "code": error.code,
-                "message": f"Mirakl refused {label} for order {order_id}: {error.message}",
-            }, self.mp)
-            counts[f"{label}_refused"] += 1
+    def _write(self, write: Write, record: OrderRecord, exception_kind: str, counts: Counter[str],
+               landed: Callable[[Order], bool]) -> str:
+        """One write on the shared path: ``done``, ``failed`` (for good) or ``retry`` (next cycle).
+
+        An uncertain earlier attempt is settled from what Mirakl shows (``landed``: the ledger's
+        copy of the order, else this cycle's OR11) and sent again only when it did not land.
+        """
+        order_id, label = record.mirakl_order_id, write.kind.split(".")[-1]
+
+        def settle(_: Any) -> dict[str, Any] | None:
+            shown = [self._snapshot(record), self._fresh.get(order_id)]
+            return {"order_id": order_id, "found_on_mirakl": True} if any(
+                o is not None and landed(o) for o in shown) else None
+
+        sent = self.writer.write(write, settle=settle)
+        if sent.status == DONE:
+            if sent.sent or sent.recovered:
+                counts[f"{label}_{'sent' if sent.sent else 'settled'}"] += 1
+                self.ledger.resolve_exception(exception_kind, order_id, self.mp)
+            return "done"
+        if sent.status == FINAL:
+            if sent.sent:
+                error = sent.exception
+                self.ledger.raise_exception(exception_kind, order_id, {
+                    "order_id": order_id, "call": label, "status": getattr(error, "status", None),
+                    "code": getattr(error, "code", None),
+                    "message": f"Mirakl refused {label} for order {order_id}: {getattr(error, 'message', sent.error)}",
+                }, self.mp)
+                counts[f"{label}_refused"] += 1
             return "failed"
-        except (ClientError, BudgetExceeded) as error:
-            self.ledger.fail_action(key, str(error), retryable=True)
-            counts[f"{label}_retry"] += 1
-            return "retry"
-        self.ledger.complete_action(key, {"order_id": order_id})
-        counts[f"{label}_sent"] += 1
-        return "done"
+        if concerns_every_record(sent.exception):
+            raise sent.exception
+        counts[f"{label}_{sent.status}"] += 1
+        if sent.persistent:
+            self.ledger.raise_exception(exception_kind, order_id, {
+                "order_id": order_id, "call": label,
+                "message": f"{label} for order {order_id} not done after {sent.action.attempts} attempts "
+                           f"(retried every cycle, never twice): {sent.error}",
+            }, self.mp)
+        return "retry"
+
+    @staticmethod
+    def _snapshot(record: OrderRecord) -> Order:
+        """The ledger's copy of the Mirakl order (refreshed every minute by the orders flow)."""
+        return Order.from_api((record.detail or {}).get("payload") or {})
 
     # ---- uncertain outcomes -----------------------------------------------------------------------
-    def _settle_uncertain(self, work: list[tuple[OrderRecord, dict]], counts: Counter[str]) -> set[str]:
-        """Complete the actions whose earlier attempt landed, judged from what Mirakl shows.
+    def _read_uncertain(self, work: list[tuple[OrderRecord, dict]], counts: Counter[str]) -> set[str]:
+        """One OR11 for every order with an unfinished action its ledger copy does not show as landed.
 
-        The ledger's copy of the order (refreshed every minute by the orders flow) settles most;
-        the others cost one OR11 for all of them, whose answers are kept for this cycle. Returns
-        the orders still unsettled (OR11 not available now): nothing is sent for them this cycle.
+        Its answers settle those actions when they are sent (:meth:`_write`). Returns the orders
+        Mirakl could not be asked about now: nothing is sent for them this cycle.
         """
-        pending: list[tuple[str, OrderRecord, dict]] = []
+        ids: set[str] = set()
+        failed: set[str] = set()  # its tracking could not be read: an exception, looked at next cycle
         for record, order in work:
             for kind in (KIND_TRACKING, KIND_SHIP, KIND_CANCEL):
                 action = self.ledger.get_action(self._key(kind, record.mirakl_order_id))
                 if action is None or action.state not in ("intent", "uncertain"):
                     continue
-                snapshot = Order.from_api((record.detail or {}).get("payload") or {})
-                if self._landed(kind, snapshot, order):
-                    self._settle(kind, record.mirakl_order_id, counts, "settled_from_ledger")
-                else:
-                    pending.append((kind, record, order))
-        if not pending:
-            return set()
-        ids = {record.mirakl_order_id for _, record, _ in pending}
+                try:
+                    shipment = pick_shipment(self._shipments(order)) if kind == KIND_TRACKING else None
+                except ClientError as error:
+                    self._isolate(error, int(order["id"]), record.mirakl_order_id, "reading its tracking", counts)
+                    failed.add(record.mirakl_order_id)
+                    continue
+                if not _landed(kind, self._snapshot(record), shipment):
+                    ids.add(record.mirakl_order_id)
+        if not ids:
+            return failed
         try:
             self._fresh.update({o.order_id: o for o in self.mirakl.get_orders(sorted(ids))})
         except (BudgetExceeded, ClientError) as error:
-            log.info("%s: cannot check %d uncertain action(s) on Mirakl now (%s)", self.mp, len(pending), error)
-            counts["uncertain_deferred"] += len(pending)
-            return ids
-        for kind, record, order in pending:
-            found = self._fresh.get(record.mirakl_order_id)
-            if found is not None and self._landed(kind, found, order):
-                self._settle(kind, record.mirakl_order_id, counts, "settled_from_mirakl")
-        return set()
-
-    def _settle(self, kind: str, order_id: str, counts: Counter[str], how: str) -> None:
-        self.ledger.complete_action(self._key(kind, order_id), {"order_id": order_id, "found_on_mirakl": True})
-        if kind == KIND_SHIP:
-            self.ledger.resolve_exception(EXC_OVERDUE, order_id, self.mp)
-        counts[how] += 1
-
-    def _landed(self, kind: str, mirakl_order: Order, woo_order: dict) -> bool:
-        state = mirakl_order.order_state
-        if kind == KIND_SHIP:
-            return state in AFTER_SHIPPING
-        if kind == KIND_CANCEL:
-            return state == "CANCELED"
-        if not mirakl_order.shipping_tracking:
-            return False
-        shipment = pick_shipment(self._shipments(woo_order))
-        return shipment is not None and mirakl_order.shipping_tracking == (shipment.tracking_number or "").strip()
+            log.info("%s: cannot check %d order(s) with uncertain actions on Mirakl now (%s)", self.mp, len(ids), error)
+            counts["uncertain_deferred"] += len(ids)
+            return ids | failed
+        return failed
 
     def _note_tracking_sources(self) -> None:
         """A store with no tracking plugin or feature is said once (one open exception), not per order."""
@@ -458,6 +477,19 @@ class ShipmentConfirm:
         """Our clock, or Mirakl's when it is ahead (the newest update the orders flow saw)."""
         cursor = self.ledger.get_cursor(ORDER_INGEST_FLOW, self.mp, "or11", default=None) or {}
         return max(filter(None, (self.clock(), parse_datetime(cursor.get("newest_seen")))))
+
+
+def _shows_tracking(mirakl_order: Order, number: str | None) -> bool:
+    return bool(mirakl_order.shipping_tracking) and mirakl_order.shipping_tracking == (number or "").strip()
+
+
+def _landed(kind: str, mirakl_order: Order, shipment: Shipment | None) -> bool:
+    """Whether Mirakl's order shows the effect of an action of ``kind`` (OR23: the shipment's number)."""
+    if kind == KIND_SHIP:
+        return mirakl_order.order_state in AFTER_SHIPPING
+    if kind == KIND_CANCEL:
+        return mirakl_order.order_state == "CANCELED"
+    return shipment is not None and _shows_tracking(mirakl_order, shipment.tracking_number)
 
 
 def _gmt(value: Any) -> str | None:

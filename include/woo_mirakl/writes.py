@@ -12,6 +12,10 @@ the same everywhere:
 
 An absolute update (``supersede``) whose content changed since an unfinished attempt starts a new
 generation of its action instead of being blocked by the old one.
+
+A failure is one record's (an exception on it, the batch goes on) unless it concerns every record
+(:func:`concerns_every_record`: credentials refused, the API unreachable): then the task fails.
+A write still not done after :data:`PERSISTENT_AFTER` attempts is :attr:`WriteResult.persistent`.
 """
 from __future__ import annotations
 
@@ -20,10 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError, TransportError, UncertainWriteError
 from include.woo_mirakl.ledger.repository import ActionRecord, Ledger
 
 DONE, UNCERTAIN, RETRY, FINAL = "done", "uncertain", "retry", "final"
+PERSISTENT_AFTER = 3  # attempts of one write before its failure becomes an exception on its record
+
+
+def concerns_every_record(error: BaseException | None) -> bool:
+    """A failure no other record would escape: the credentials refused (401), the API unreachable."""
+    return (isinstance(error, ApiError) and error.status == 401) or isinstance(error, TransportError)
 
 
 def _no_outcome(_: Any) -> dict[str, Any]:
@@ -66,6 +76,11 @@ class WriteResult:
     @property
     def ok(self) -> bool:
         return self.status == DONE
+
+    @property
+    def persistent(self) -> bool:
+        """Not done after :data:`PERSISTENT_AFTER` attempts: an exception on its record, still retried."""
+        return self.status in (RETRY, UNCERTAIN) and self.action.attempts >= PERSISTENT_AFTER
 
 
 class Writer:
@@ -117,6 +132,9 @@ class Writer:
             marked = self.ledger.mark_action_uncertain(key, str(error))
             return WriteResult(UNCERTAIN, marked, error=str(error), exception=error, sent=True)
         except ApiError as error:
+            if error.status == 401:  # refused for every record, not for this one: the task fails
+                self.ledger.fail_action(key, str(error), retryable=True)
+                raise
             if error.status >= 500 or error.status == 429:
                 failed = self.ledger.fail_action(key, str(error), retryable=True)
                 return WriteResult(RETRY, failed, error=str(error), exception=error, sent=True)
@@ -132,4 +150,5 @@ class Writer:
         return WriteResult(DONE, done, done.outcome, sent=True)
 
 
-__all__ = ["DONE", "FINAL", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer"]
+__all__ = ["DONE", "FINAL", "PERSISTENT_AFTER", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer",
+           "concerns_every_record"]
