@@ -234,6 +234,7 @@ class FaultRule:
     ``*`` matches every service or operation; the fault fires with ``probability``, and at
     most ``count`` times when a count is given. ``status`` is the HTTP status of the
     ``status`` and ``apply_then_status`` kinds, ``delay`` the seconds of the slow kinds.
+    ``contains``: only calls whose path or body contains this text (one record's calls).
     """
 
     service: str = "*"
@@ -244,9 +245,11 @@ class FaultRule:
     count: int | None = None
     retry_after: float | None = None
     delay: float = 0.0
+    contains: str | None = None
 
-    def matches(self, service: str, operation: str) -> bool:
-        return self.service in ("*", service) and self.operation in ("*", operation)
+    def matches(self, service: str, operation: str, text: str = "") -> bool:
+        return (self.service in ("*", service) and self.operation in ("*", operation)
+                and (self.contains is None or self.contains in text))
 
 
 # Faults before the request is applied (the harmless case for a retry) and faults after it:
@@ -286,10 +289,11 @@ class FaultInjector:
         with self._lock:
             self._rules = []
 
-    def pick(self, service: str, operation: str) -> FaultRule | None:
+    def pick(self, service: str, operation: str, text: str = "") -> FaultRule | None:
+        """``text``: the call's path and body, for rules that target one record (``contains``)."""
         with self._lock:
             for rule in self._rules:
-                if not rule.matches(service, operation):
+                if not rule.matches(service, operation, text):
                     continue
                 if rule.count is not None and rule.count <= 0:
                     continue
@@ -532,7 +536,8 @@ class Sandbox:
             "variant": service.call_variant(request, operation),
             "applied": False,
         }
-        fault = self.faults.pick(service.name, operation)
+        fault = self.faults.pick(service.name, operation,
+                                 request.path + " " + request.body.decode("utf-8", errors="replace"))
         if fault is not None:
             entry["fault"] = fault.kind
             if fault.kind == "slow":

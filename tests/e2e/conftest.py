@@ -90,6 +90,13 @@ def land_then_drop(sandbox, service: str, operation: str, count: int = 1) -> Non
     sandbox.faults.add({"service": service, "operation": operation, "kind": "apply_then_drop", "count": count})
 
 
+def fail_record(sandbox, service: str, operation: str, contains: str, status: int = 500) -> None:
+    """Every call of ``operation`` naming ``contains`` (in its path or body) fails with ``status``,
+    before it is applied, until the faults are cleared: one record's persistent failure."""
+    sandbox.faults.add({"service": service, "operation": operation, "kind": "status", "status": status,
+                        "contains": contains})
+
+
 CLIENT_TIMEOUT = 3  # seconds, the clients' read timeout in airflow_env; a slow fault answers later
 
 

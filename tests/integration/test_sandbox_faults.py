@@ -106,6 +106,22 @@ def test_a_rejected_request_is_not_applied_even_under_an_after_fault(sandbox):
         assert sandbox.mirakl.order(order_id)["order_state"] == "WAITING_ACCEPTANCE"
 
 
+def test_a_fault_can_target_one_record_by_path_or_body(sandbox):
+    first, second = place(sandbox), place(sandbox)
+    sandbox.faults.set([{"service": "mirakl", "operation": "OR21", "kind": "status", "status": 503,
+                         "contains": f"{first}-1"}])  # in the body of the first order's OR21 only
+    for _ in range(2):  # no count: persistent
+        answer = mirakl(sandbox, "PUT", f"/api/orders/{first}/accept",
+                        json={"order_lines": [{"id": f"{first}-1", "accepted": True}]})
+        assert answer.status_code == 503
+    answer = mirakl(sandbox, "PUT", f"/api/orders/{second}/accept",
+                    json={"order_lines": [{"id": f"{second}-1", "accepted": True}]})
+    assert answer.status_code == 204
+    sandbox.faults.set([{"service": "mirakl", "operation": "OR11", "kind": "status", "status": 404,
+                         "contains": "/api/orders/nowhere"}])  # a path no call of this test has
+    assert mirakl(sandbox, "GET", "/api/orders", params={"order_ids": first}).status_code == 200
+
+
 @pytest.mark.parametrize("kind", FAULTS_AFTER)
 def test_every_mutating_route_can_land_then_fail(sandbox, kind):
     """Each write route (PUT/POST/PATCH/DELETE) of both services: the fault fires *after* its handler ran."""
