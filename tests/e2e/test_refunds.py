@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import (
-    advance, fault_kinds_seen, fault_mix, land_then_drop, load_dag, orders_in_shipping, run_dag,
+    CLIENT_TIMEOUT, advance, fail_record, fault_kinds_seen, fault_mix, land_then_drop, orders_in_shipping,
+    run_dag,
 )
 
 DAG_ID = "mirakl_refund_sync__sandbox"
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.usefixtures("airflow_env")
 
 def run(sandbox, ledger, retries: bool = True):
     advance(sandbox, ledger, MINUTE)
-    if retries:
-        return run_dag(DAG_ID)
-    dag = load_dag(DAG_ID)
-    for task in dag.tasks:  # a failed task stays failed, as when the worker died
-        task.retries = 0
-    return dag.test()
+    return run_dag(DAG_ID, retries=retries)
 
 
 def mirakl_refunds(sandbox, order_id) -> dict[str, list[tuple]]:
@@ -212,6 +208,81 @@ def test_blind_write_retry_fails_the_refund_fault_test(sandbox, ledger, world, b
 def _done(ledger, refund_id) -> bool:
     action = ledger.get_action(f"sandbox:mirakl.OR28:{refund_id}")
     return action is not None and action.state == "done"
+
+
+def test_one_refund_failing_for_good_leaves_the_others_and_the_cursor_going(sandbox, ledger, world):
+    placed = orders_in_shipping(sandbox, ledger, [[("MUG", 1)], [("TEE", 1)], [("MUG", 1)], [("TEE", 1)]])
+    (down, _), (gone, w_gone), (denied, _), (fine, _) = placed
+    made = {order_id: refund(sandbox, woo_id, reason="broken") for order_id, woo_id in placed}
+    fail_record(sandbox, "mirakl", "OR28", f'"{down}-1"', 500)  # Mirakl fails this order's OR28 every time
+    fail_record(sandbox, "woo", "woo.orders.get", f"/orders/{w_gone} ", 404)  # its WooCommerce order is gone
+    fail_record(sandbox, "mirakl", "OR28", f'"{denied}-1"', 403)
+    try:
+        for _ in range(3):
+            assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+
+    assert [len(r) for r in mirakl_refunds(sandbox, fine).values()] == [1]
+    assert _done(ledger, made[fine]["id"])
+    for order_id in (down, gone, denied):
+        assert mirakl_refunds(sandbox, order_id) == {f"{order_id}-1": []}, order_id
+    stuck = ledger.get_exception("refund_failed", str(made[down]["id"]), "sandbox")
+    assert stuck.status == "open" and "not done after 3 attempts" in stuck.detail["message"]
+    assert "HTTP 500" in stuck.detail["message"] and down in stuck.detail["message"]
+    missing = ledger.get_exception("refund_failed", str(made[gone]["id"]), "sandbox")
+    assert missing.status == "open" and "HTTP 404" in missing.detail["message"]
+    refused = ledger.get_exception("refund_refused", str(made[denied]["id"]), "sandbox")
+    assert refused.status == "open" and refused.detail["status"] == 403
+    cursor = ledger.get_cursor(FLOW, "sandbox", "woo_refunds")
+    assert {int(k) for k in cursor["pending"]} >= {made[down]["id"], made[gone]["id"]}
+    assert made[fine]["id"] not in {int(k) for k in cursor["pending"]}
+
+    for _ in range(2):  # the faults are over: what was retried lands, once
+        assert run(sandbox, ledger).state == "success"
+    for order_id in (down, gone):
+        assert [len(r) for r in mirakl_refunds(sandbox, order_id).values()] == [1], order_id
+        assert ledger.get_exception("refund_failed", str(made[order_id]["id"]), "sandbox").status == "resolved"
+    assert mirakl_refunds(sandbox, denied) == {f"{denied}-1": []}  # refused for good: left to a person
+
+
+def test_refused_credentials_fail_the_task_and_lose_no_refund(sandbox, ledger, world):
+    [(order_id, woo_id)] = orders_in_shipping(sandbox, ledger, [[("TEE", 1)]])
+    made = refund(sandbox, woo_id, reason="broken")
+    key, sandbox.mirakl.api_key = sandbox.mirakl.api_key, "rotated-key"  # the shop's key changed in Mirakl
+    try:
+        assert run(sandbox, ledger, retries=False).state == "failed"
+    finally:
+        sandbox.mirakl.api_key = key
+    action = ledger.get_action(f"sandbox:mirakl.OR28:{made['id']}")
+    assert action.state == "failed" and action.retryable  # not refused for good: every record would be
+    assert ledger.get_exception("refund_refused", str(made["id"]), "sandbox") is None
+
+    assert run(sandbox, ledger).state == "success"
+    assert [len(r) for r in mirakl_refunds(sandbox, order_id).values()] == [1]
+    assert _done(ledger, made["id"])
+
+
+@pytest.mark.parametrize("kind", ["apply_then_status", "apply_then_slow"])
+def test_or28_applied_then_failed_is_settled_from_mirakl_not_sent_again(sandbox, ledger, world, kind):
+    [(order_id, woo_id)] = orders_in_shipping(sandbox, ledger, [[("MUG", 1), ("TEE", 1)]])
+    made = refund(sandbox, woo_id, reason="damaged")
+    sandbox.faults.add({"service": "mirakl", "operation": "OR28", "kind": kind, "status": 500,
+                        "delay": CLIENT_TIMEOUT + 1, "count": 1})
+    try:
+        assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+    assert ledger.get_action(f"sandbox:mirakl.OR28:{made['id']}").state == "uncertain"
+    sent = sandbox.log.count("mirakl", "OR28")
+
+    for _ in range(2):
+        assert run(sandbox, ledger).state == "success"
+    assert sandbox.log.count("mirakl", "OR28") == sent  # settled from Mirakl's refunds, not re-sent
+    assert [len(r) for r in mirakl_refunds(sandbox, order_id).values()] == [1, 1]
+    action = ledger.get_action(f"sandbox:mirakl.OR28:{made['id']}")
+    assert action.state == "done" and action.outcome["found_on_mirakl"] is True
+    assert len(action.outcome["refund_ids"]) == 2
 
 
 def test_no_spec_violation_and_no_ceiling_breach(sandbox, world):

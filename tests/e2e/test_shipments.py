@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.e2e.conftest import advance, fault_kinds_seen, fault_mix, land_then_drop, orders_in_shipping, run_dag
+from tests.e2e.conftest import (
+    advance, fail_record, fault_kinds_seen, fault_mix, land_then_drop, orders_in_shipping, run_dag,
+)
 
 DAG_ID = "mirakl_shipment_confirm__sandbox"
 MINUTE = 61
@@ -19,9 +21,9 @@ MINUTE = 61
 pytestmark = pytest.mark.usefixtures("airflow_env")
 
 
-def run(sandbox, ledger, seconds: float = MINUTE):
+def run(sandbox, ledger, seconds: float = MINUTE, retries: bool = True):
     advance(sandbox, ledger, seconds)
-    return run_dag(DAG_ID)
+    return run_dag(DAG_ID, retries=retries)
 
 
 def mirakl_order(sandbox, order_id) -> dict:
@@ -38,6 +40,27 @@ def set_woo_status(sandbox, woo_id: int, status: str) -> None:
     with sandbox.lock:
         store = sandbox.woo.store
         store.update_order(store.order(woo_id), {"status": status})
+
+
+def correct_tracking(sandbox, woo_id: int, number: str, provider: str = "Colissimo") -> None:
+    """The warehouse replaces the order's tracking number in WooCommerce (a typo, a new parcel)."""
+    with sandbox.lock:
+        store = sandbox.woo.store
+        order = store.order(woo_id)
+        for entry in list(store.tracking_items(order)):
+            store.delete_tracking(order, entry["tracking_id"])
+        store.add_tracking(order, {"tracking_provider": provider, "tracking_number": number})
+
+
+def calls_on(sandbox, order_id: str) -> list[str]:
+    """The Mirakl writes sent for one order, in order (whether or not they landed)."""
+    return [e["operation"] for e in sandbox.log.entries("mirakl") if f"/{order_id}/" in e["path"]]
+
+
+def open_problem(ledger, kind: str, order_id: str):
+    found = ledger.get_exception(kind, order_id, "sandbox")
+    assert found is not None and found.status == "open", (kind, order_id, found)
+    return found.detail
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +211,103 @@ def test_faults_on_both_apis_still_ship_each_order_once(sandbox, ledger, world):
         assert len(landed(sandbox, "OR24", order_id)) == 1, order_id
         assert ledger.get_action(f"sandbox:mirakl.OR24:{order_id}").state == "done", order_id
         assert ledger.get_exception("shipment_failed", order_id, "sandbox") is None
+
+
+def test_one_order_failing_for_good_leaves_the_others_and_the_cursor_going(sandbox, ledger, world):
+    placed = orders_in_shipping(sandbox, ledger, [[("MUG", 1)], [("TEE", 1)], [("MUG", 1)], [("TEE", 1)], [("MUG", 1)]])
+    (down, w_down), (gone, _), (unread, w_unread), (denied, _), (fine, w_fine) = placed
+    for index, (_, woo_id) in enumerate(placed):
+        sandbox.woo.ship_order(woo_id, tracking_provider="Colissimo", tracking_number=f"8B{index:05d}")
+    fail_record(sandbox, "mirakl", "OR24", f"/{down}/ship", 500)  # Mirakl fails this order's OR24 every time
+    fail_record(sandbox, "mirakl", "*", f"/api/orders/{gone}/", 404)  # Mirakl no longer knows this one
+    fail_record(sandbox, "woo", "woo.tracking.list", f"/orders/{w_unread}/", 500)  # its tracking cannot be read
+    fail_record(sandbox, "mirakl", "OR24", f"/{denied}/ship", 403)
+    try:
+        for _ in range(3):
+            assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+
+    shown = mirakl_order(sandbox, fine)
+    assert (shown["order_state"], shown["shipping_tracking"]) == ("SHIPPED", "8B00004")
+    for order_id in (down, gone, unread, denied):
+        assert mirakl_order(sandbox, order_id)["order_state"] == "SHIPPING", order_id
+    stuck = open_problem(ledger, "shipment_failed", down)["message"]
+    assert "not done after 3 attempts" in stuck and "HTTP 500" in stuck
+    assert open_problem(ledger, "tracking_failed", gone)["status"] == 404
+    assert open_problem(ledger, "shipment_failed", gone)["status"] == 404
+    assert "woo.tracking.list: HTTP 500" in open_problem(ledger, "shipment_failed", unread)["message"]
+    assert open_problem(ledger, "shipment_failed", denied)["status"] == 403
+    waiting = set(ledger.get_cursor("mirakl_shipment_confirm", "sandbox", "woo_orders")["waiting"])
+    assert {w_down, w_unread} <= waiting and w_fine not in waiting
+
+    for _ in range(2):  # the faults are over: what was retried ships, once
+        assert run(sandbox, ledger).state == "success"
+    for order_id in (down, unread):
+        assert mirakl_order(sandbox, order_id)["order_state"] == "SHIPPED", order_id
+        assert len(landed(sandbox, "OR24", order_id)) == 1, order_id
+        assert ledger.get_exception("shipment_failed", order_id, "sandbox").status == "resolved", order_id
+    assert mirakl_order(sandbox, denied)["order_state"] == "SHIPPING"  # refused for good: left to a person
+
+
+def test_refused_credentials_fail_the_task_and_lose_no_shipment(sandbox, ledger, world):
+    [(order_id, woo_id)] = orders_in_shipping(sandbox, ledger, [[("TEE", 1)]])
+    sandbox.woo.ship_order(woo_id, tracking_provider="Colissimo", tracking_number="6A-KEY")
+    key, sandbox.mirakl.api_key = sandbox.mirakl.api_key, "rotated-key"  # the shop's key changed in Mirakl
+    try:
+        assert run(sandbox, ledger, retries=False).state == "failed"
+    finally:
+        sandbox.mirakl.api_key = key
+    assert ledger.get_action(f"sandbox:mirakl.OR23:{order_id}").retryable
+    assert ledger.get_exception("tracking_failed", order_id, "sandbox") is None
+
+    assert run(sandbox, ledger).state == "success"
+    shown = mirakl_order(sandbox, order_id)
+    assert (shown["order_state"], shown["shipping_tracking"]) == ("SHIPPED", "6A-KEY")
+
+
+def test_or23_and_or24_applied_then_answered_500_are_settled_from_mirakl(sandbox, ledger, world):
+    [(order_id, woo_id)] = orders_in_shipping(sandbox, ledger, [[("TEE", 1)]])
+    sandbox.woo.ship_order(woo_id, tracking_provider="DHL Express", tracking_number="JD0777")
+    for operation in ("OR23", "OR24"):  # each lands, then Mirakl answers 500
+        sandbox.faults.add({"service": "mirakl", "operation": operation, "kind": "apply_then_status", "status": 500,
+                            "count": 1})
+    try:
+        for _ in range(3):
+            assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+    shown = mirakl_order(sandbox, order_id)
+    assert (shown["order_state"], shown["shipping_tracking"]) == ("SHIPPED", "JD0777")
+    assert calls_on(sandbox, order_id) == ["OR23", "OR24"]  # neither sent again: Mirakl's order told
+    for kind in ("OR23", "OR24"):
+        action = ledger.get_action(f"sandbox:mirakl.{kind}:{order_id}")
+        assert action.state == "done" and action.outcome["found_on_mirakl"] is True, kind
+
+
+def test_corrected_tracking_is_sent_again_once_before_and_after_the_shipment(sandbox, ledger, world):
+    [(before, w_before), (after, w_after)] = orders_in_shipping(sandbox, ledger, [[("MUG", 1)], [("TEE", 1)]])
+    sandbox.woo.ship_order(w_before, tracking_provider="Colissimo", tracking_number="6A-TYPO1")
+    sandbox.woo.ship_order(w_after, tracking_provider="Colissimo", tracking_number="6A-TYPO2")
+    sandbox.faults.add({"service": "mirakl", "operation": "OR24", "kind": "status", "status": 503,
+                        "contains": f"/{before}/", "count": 1})  # this one is not shipped yet next cycle
+    try:
+        assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+    assert mirakl_order(sandbox, before)["order_state"] == "SHIPPING"
+    assert mirakl_order(sandbox, after)["order_state"] == "SHIPPED"
+
+    correct_tracking(sandbox, w_before, "6A-RIGHT1")
+    correct_tracking(sandbox, w_after, "6A-RIGHT2")
+    for _ in range(3):
+        assert run(sandbox, ledger).state == "success"
+    for order_id, number in ((before, "6A-RIGHT1"), (after, "6A-RIGHT2")):
+        shown = mirakl_order(sandbox, order_id)
+        assert (shown["order_state"], shown["shipping_carrier_code"], shown["shipping_tracking"]) == (
+            "SHIPPED", "COLISSIMO", number), order_id
+        assert len(landed(sandbox, "OR23", order_id)) == 2, order_id  # the first number, then the corrected one
+        assert len(landed(sandbox, "OR24", order_id)) == 1, order_id
 
 
 def test_call_log_shows_no_ceiling_breach_and_no_spec_violation(sandbox, world):
