@@ -16,7 +16,9 @@ When an outcome is unknown (a crash, a lost answer) the order's refunds on Mirak
 
 A refund that cannot be sent whole — more than is left to refund, a line Mirakl does not have, a
 line whose state forbids refunds — is a `refund_unsendable` exception and nothing of it is sent;
-one Mirakl rejects is a `refund_refused` exception. The Mirakl refund ids are kept in the ledger
+one Mirakl rejects is a `refund_refused` exception, one that keeps failing (a 404, a persistent
+5xx) a `refund_failed` exception, retried every cycle while the others go on; a refused API key or
+an unreachable API fails the task. The Mirakl refund ids are kept in the ledger
 against the WooCommerce refund and written as a note on the WooCommerce order.
 
 Logic: `include/woo_mirakl/refunds.py`.

@@ -15,7 +15,10 @@ Every 5 minutes, one run at a time, per marketplace:
      otherwise a `mirakl_cancel_refused` exception.
    Each call is sent once per order (ledger actions); after a crash or a lost answer the flow first
    looks at what Mirakl shows (the ledger's copy of the order, else one OR11) and resends nothing
-   Mirakl already has.
+   Mirakl already has. A tracking number corrected in WooCommerce, before or after OR24, is sent
+   again (OR23 overwrites). One order that keeps failing (a 404, a 403, a persistent 5xx) is a
+   `shipment_failed` / `tracking_failed` exception and the others go on; a refused API key or an
+   unreachable API fails the task.
 2. **flag_overdue** — accepted orders past Mirakl's shipping deadline and not shipped become
    `shipment_overdue` exceptions; they resolve once shipped.
 

@@ -29,6 +29,7 @@ CRITICAL_KINDS = frozenset({
     "order_reservation_failed",  # orders flow: the WooCommerce order could not be created
     "woo_order_missing",  # data quality: accepted in Mirakl, no WooCommerce order
     "refund_refused",  # refunds flow: Mirakl refused the OR28
+    "refund_failed",  # refunds flow: a refund that keeps failing (404, persistent 5xx)
     "refund_unsendable",  # refunds flow: a WooCommerce refund that cannot become an OR28
 })
 

@@ -10,7 +10,9 @@ nothing of it is sent and it becomes an exception.
 :class:`RefundSync` runs a cycle. The OR28 body is frozen in the ledger before the intent, the
 intent before the call, the Mirakl refund ids after it. An intent whose outcome is unknown (a
 crash, a dropped connection) is settled from the order's refunds on Mirakl — the ledger copy,
-else one OR11 — and only an OR28 that provably did not land is sent again.
+else one OR11 — and only an OR28 that provably did not land is sent again. Every write goes through
+the shared write path (:mod:`include.woo_mirakl.writes`); one refund's failure is an exception on
+it, the others and the cursor go on.
 """
 from __future__ import annotations
 

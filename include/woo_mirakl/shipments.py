@@ -5,10 +5,11 @@ One cycle of :class:`ShipmentConfirm`:
 1. :meth:`~ShipmentConfirm.confirm_shipments` — WooCommerce orders of this marketplace modified
    since the cursor (minus an overlap window), plus those an earlier cycle had to leave waiting:
    a shipped one (``completed``, or with tracking) gets OR23 when it has a tracking number, then
-   OR24 — OR24 even without tracking; a cancelled one gets OR29 when Mirakl allows it. Every call
-   is a ledger action (intent before, outcome after); an action whose outcome is unknown is
-   settled from what Mirakl shows (ledger copy of the order, else one OR11) before anything is
-   sent again.
+   OR24 — OR24 even without tracking, and OR23 again when the tracking is corrected later; a
+   cancelled one gets OR29 when Mirakl allows it. Every call goes through the shared write path
+   (:mod:`include.woo_mirakl.writes`); an action whose outcome is unknown is settled from what
+   Mirakl shows (ledger copy of the order, else one OR11) before anything is sent again. One
+   order's failure is an exception on it; the others and the cursor go on.
 2. :meth:`~ShipmentConfirm.flag_overdue` — accepted orders past Mirakl's shipping deadline and not
    shipped become exceptions; they resolve once shipped.
 
@@ -294,14 +295,15 @@ class ShipmentConfirm:
             request={"order_id": order_id, **body}, send=lambda: self.mirakl.update_tracking(order_id, **body),
             outcome=lambda _: {"order_id": order_id},
             supersede=True,  # a tracking number corrected in WooCommerce is sent again: OR23 overwrites
-        ), record, EXC_TRACKING_FAILED, counts, lambda shown: _shows_tracking(shown, body["tracking_number"]))
+            repeatable=True,
+        ), record, EXC_TRACKING_FAILED, counts)
 
     def _send_ship(self, record: OrderRecord, counts: Counter[str]) -> str:
         order_id = record.mirakl_order_id
         outcome = self._write(Write(
             key=self._key(KIND_SHIP, order_id), kind=KIND_SHIP, target=order_id, request={"order_id": order_id},
             send=lambda: self.mirakl.ship_order(order_id), outcome=lambda _: {"order_id": order_id},
-        ), record, EXC_SHIP_FAILED, counts, lambda shown: shown.order_state in AFTER_SHIPPING)
+        ), record, EXC_SHIP_FAILED, counts, _shipped)
         if outcome == "done":
             self.ledger.resolve_exception(EXC_OVERDUE, order_id, self.mp)
         return outcome
@@ -330,15 +332,16 @@ class ShipmentConfirm:
         outcome = self._write(Write(
             key=self._key(KIND_CANCEL, order_id), kind=KIND_CANCEL, target=order_id, request={"order_id": order_id},
             send=lambda: self.mirakl.cancel_order(order_id), outcome=lambda _: {"order_id": order_id},
-        ), record, EXC_CANCEL_REFUSED, counts, lambda shown: shown.order_state == "CANCELED")
+        ), record, EXC_CANCEL_REFUSED, counts, _cancelled)
         return outcome == "retry"
 
     def _write(self, write: Write, record: OrderRecord, exception_kind: str, counts: Counter[str],
-               landed: Callable[[Order], bool]) -> str:
+               landed: Callable[[Order], bool] | None = None) -> str:
         """One write on the shared path: ``done``, ``failed`` (for good) or ``retry`` (next cycle).
 
-        An uncertain earlier attempt is settled from what Mirakl shows (``landed``: the ledger's
-        copy of the order, else this cycle's OR11) and sent again only when it did not land.
+        An uncertain earlier attempt of a write that is not repeatable is settled from what Mirakl
+        shows (``landed``: the ledger's copy of the order, else this cycle's OR11) and sent again
+        only when it did not land.
         """
         order_id, label = record.mirakl_order_id, write.kind.split(".")[-1]
 
@@ -347,7 +350,7 @@ class ShipmentConfirm:
             return {"order_id": order_id, "found_on_mirakl": True} if any(
                 o is not None and landed(o) for o in shown) else None
 
-        sent = self.writer.write(write, settle=settle)
+        sent = self.writer.write(write, settle=settle if landed is not None else None)
         if sent.status == DONE:
             if sent.sent or sent.recovered:
                 counts[f"{label}_{'sent' if sent.sent else 'settled'}"] += 1
@@ -381,35 +384,27 @@ class ShipmentConfirm:
 
     # ---- uncertain outcomes -----------------------------------------------------------------------
     def _read_uncertain(self, work: list[tuple[OrderRecord, dict]], counts: Counter[str]) -> set[str]:
-        """One OR11 for every order with an unfinished action its ledger copy does not show as landed.
+        """One OR11 for every order with an unfinished OR24/OR29 its ledger copy does not show as landed.
 
-        Its answers settle those actions when they are sent (:meth:`_write`). Returns the orders
-        Mirakl could not be asked about now: nothing is sent for them this cycle.
+        Its answers settle those actions when they are sent (:meth:`_write`); OR23 is simply sent
+        again (it overwrites). Returns the orders Mirakl could not be asked about now: nothing is
+        sent for them this cycle.
         """
         ids: set[str] = set()
-        failed: set[str] = set()  # its tracking could not be read: an exception, looked at next cycle
-        for record, order in work:
-            for kind in (KIND_TRACKING, KIND_SHIP, KIND_CANCEL):
+        for record, _ in work:
+            for kind, landed in ((KIND_SHIP, _shipped), (KIND_CANCEL, _cancelled)):
                 action = self.ledger.get_action(self._key(kind, record.mirakl_order_id))
-                if action is None or action.state not in ("intent", "uncertain"):
-                    continue
-                try:
-                    shipment = pick_shipment(self._shipments(order)) if kind == KIND_TRACKING else None
-                except ClientError as error:
-                    self._isolate(error, int(order["id"]), record.mirakl_order_id, "reading its tracking", counts)
-                    failed.add(record.mirakl_order_id)
-                    continue
-                if not _landed(kind, self._snapshot(record), shipment):
+                if action is not None and action.state in ("intent", "uncertain") and not landed(self._snapshot(record)):
                     ids.add(record.mirakl_order_id)
         if not ids:
-            return failed
+            return set()
         try:
             self._fresh.update({o.order_id: o for o in self.mirakl.get_orders(sorted(ids))})
         except (BudgetExceeded, ClientError) as error:
             log.info("%s: cannot check %d order(s) with uncertain actions on Mirakl now (%s)", self.mp, len(ids), error)
             counts["uncertain_deferred"] += len(ids)
-            return ids | failed
-        return failed
+            return ids
+        return set()
 
     def _note_tracking_sources(self) -> None:
         """A store with no tracking plugin or feature is said once (one open exception), not per order."""
@@ -479,17 +474,12 @@ class ShipmentConfirm:
         return max(filter(None, (self.clock(), parse_datetime(cursor.get("newest_seen")))))
 
 
-def _shows_tracking(mirakl_order: Order, number: str | None) -> bool:
-    return bool(mirakl_order.shipping_tracking) and mirakl_order.shipping_tracking == (number or "").strip()
+def _shipped(mirakl_order: Order) -> bool:
+    return mirakl_order.order_state in AFTER_SHIPPING
 
 
-def _landed(kind: str, mirakl_order: Order, shipment: Shipment | None) -> bool:
-    """Whether Mirakl's order shows the effect of an action of ``kind`` (OR23: the shipment's number)."""
-    if kind == KIND_SHIP:
-        return mirakl_order.order_state in AFTER_SHIPPING
-    if kind == KIND_CANCEL:
-        return mirakl_order.order_state == "CANCELED"
-    return shipment is not None and _shows_tracking(mirakl_order, shipment.tracking_number)
+def _cancelled(mirakl_order: Order) -> bool:
+    return mirakl_order.order_state == "CANCELED"
 
 
 def _gmt(value: Any) -> str | None:
