@@ -234,6 +234,7 @@ class FaultRule:
     ``*`` matches every service or operation; the fault fires with ``probability``, and at
     most ``count`` times when a count is given. ``status`` is the HTTP status of the
     ``status`` and ``apply_then_status`` kinds, ``delay`` the seconds of the slow kinds.
+    ``path_contains`` narrows the rule to the calls whose path holds it (one record's resource).
     """
 
     service: str = "*"
@@ -244,9 +245,11 @@ class FaultRule:
     count: int | None = None
     retry_after: float | None = None
     delay: float = 0.0
+    path_contains: str | None = None
 
-    def matches(self, service: str, operation: str) -> bool:
-        return self.service in ("*", service) and self.operation in ("*", operation)
+    def matches(self, service: str, operation: str, path: str = "") -> bool:
+        return (self.service in ("*", service) and self.operation in ("*", operation)
+                and (self.path_contains is None or self.path_contains in path))
 
 
 # Faults before the request is applied (the harmless case for a retry) and faults after it:
@@ -286,10 +289,10 @@ class FaultInjector:
         with self._lock:
             self._rules = []
 
-    def pick(self, service: str, operation: str) -> FaultRule | None:
+    def pick(self, service: str, operation: str, path: str = "") -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if not rule.matches(service, operation):
+                if not rule.matches(service, operation, path):
                     continue
                 if rule.count is not None and rule.count <= 0:
                     continue
@@ -532,7 +535,7 @@ class Sandbox:
             "variant": service.call_variant(request, operation),
             "applied": False,
         }
-        fault = self.faults.pick(service.name, operation)
+        fault = self.faults.pick(service.name, operation, request.path)
         if fault is not None:
             entry["fault"] = fault.kind
             if fault.kind == "slow":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError, TransportError, UncertainWriteError
 from include.woo_mirakl.ledger.repository import ActionRecord, Ledger
 
 DONE, UNCERTAIN, RETRY, FINAL = "done", "uncertain", "retry", "final"
@@ -132,4 +132,17 @@ class Writer:
         return WriteResult(DONE, done, done.outcome, sent=True)
 
 
-__all__ = ["DONE", "FINAL", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer"]
+def concerns_every_record(error: BaseException) -> bool:
+    """Whether a failed call on one record's resource says that nothing can work now.
+
+    Refused credentials (401) and an API that cannot be reached at all (a transport error left
+    after the client's retries) concern every record: the task fails and Airflow retries it. A
+    403, 404, 409 or a persistent 5xx/429 on one record's resource concerns that record only: an
+    exception on it, and the rest of the batch (and its cursor) goes on.
+    """
+    if isinstance(error, ApiError):
+        return error.status == 401
+    return isinstance(error, TransportError)
+
+
+__all__ = ["DONE", "FINAL", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer", "concerns_every_record"]
