@@ -45,7 +45,7 @@ from include.woo_mirakl.clients.http import ApiError, ClientError
 from include.woo_mirakl.clients.mirakl import MiraklClient
 from include.woo_mirakl.config import CONFIG_DIR, CataloguePolicy, CatalogueSelection, ConfigError, Marketplace
 from include.woo_mirakl.ledger import Ledger
-from include.woo_mirakl.stock import NOT_OFFERS, WooItem, offer_target
+from include.woo_mirakl.stock import NOT_OFFERS, WooItem, offer_target, offer_targets
 from include.woo_mirakl.writes import DONE, FINAL, UNCERTAIN, Write, WriteResult, Writer, concerns_every_record
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,11 @@ class Unit:
         return _meta(self.item, key) or (_meta(self.parent, key) if self.parent else "")
 
     @property
+    def woo(self) -> WooItem:
+        """The unit's stock and price fields."""
+        return WooItem.from_api({**self.item, "type": self.item.get("type") or ("variation" if self.parent else "simple")})
+
+    @property
     def sellable(self) -> bool:
         statuses = [self.item.get("status") or "publish"]
         if self.parent is not None:
@@ -161,8 +166,7 @@ class Unit:
 def build_offer(unit: Unit, marketplace: Marketplace, product_id: str, quantity: int) -> dict[str, Any]:
     """The complete OF24 line for a unit: every field the flow manages, defaults filled in."""
     policy = marketplace.catalogue
-    woo = WooItem.from_api({**unit.item, "type": unit.item.get("type") or ("variation" if unit.parent else "simple")})
-    target = offer_target(woo, marketplace)
+    target = offer_target(unit.woo, marketplace)
     if target.price is None:
         raise ValueError(f"WooCommerce product {unit.woo_id} ({unit.sku}) has no price")
     description = unit.item.get("short_description") or unit.item.get("description")
@@ -426,12 +430,11 @@ class CataloguePublish:
 
     def _follow_offer_batches(self, states: dict[str, dict], summary: dict[str, int]) -> list[dict]:
         waiting = []
-        for batch in self._pending("offer_batches"):
+        for batch in _failing_last(self._pending("offer_batches")):
             try:
                 outcome = self._offer_batch_outcome(batch, states)
-            except BudgetExceeded:  # OF02/OF03 once a minute: the next cycle asks again
-                outcome = None
-            except ClientError as error:  # OF24 sends complete offers: sending them again is harmless
+            except (BudgetExceeded, ClientError) as error:  # OF02/OF03 once a minute: the next cycle asks again
+                # OF24 sends complete offers: sending them again after giving up on one is harmless
                 outcome = BatchOutcome(retry_all=True) if self._give_up(batch, "OF24", error) else None
             if outcome is None:
                 waiting.append(batch)
@@ -538,7 +541,7 @@ class CataloguePublish:
 
     def _follow_product_imports(self, states: dict[str, dict], summary: dict[str, int]) -> list[dict]:
         waiting = []
-        for entry in self._pending("product_imports"):
+        for entry in _failing_last(self._pending("product_imports")):
             try:
                 status = self.mirakl.product_import_status(entry["import_id"])
                 if not status.finished:
@@ -551,10 +554,7 @@ class CataloguePublish:
                                         if status.has_error_report and not failed else [])}
                 added = {row.get(identifier, "") for row in (self.mirakl.product_integration_report(entry["import_id"])
                                                              if status.has_new_product_report and not failed else [])}
-            except BudgetExceeded:  # P42 once a minute
-                waiting.append(entry)
-                continue
-            except ClientError as error:
+            except (BudgetExceeded, ClientError) as error:  # P42 once a minute
                 if not self._give_up(entry, "P41", error):
                     waiting.append(entry)
                     continue
@@ -582,9 +582,12 @@ class CataloguePublish:
                 summary["products_rejected"] += 1
         return waiting
 
-    def _give_up(self, entry: dict, operation: str, error: ClientError) -> bool:
+    def _give_up(self, entry: dict, operation: str, error: Exception) -> bool:
         """One import's status or report failed: True once it failed ``follow_attempts`` cycles in a
-        row (its lines are sent again, with an exception on the import), False while it waits."""
+        row (its lines are sent again, with an exception on the import), False while it waits.
+        A call budget used up by others is no failure of this import's."""
+        if isinstance(error, BudgetExceeded) and not error.retry_stopped:
+            return False
         if concerns_every_record(error):
             raise error
         entry["failures"] = int(entry.get("failures") or 0) + 1
@@ -635,6 +638,8 @@ class CataloguePublish:
         self.ledger.resolve_missing(PRODUCT_UNREADABLE, self.name, {str(i) for i in unread})
         demand = self.ledger.pending_demand(self.name, OPEN_ORDER_STATES) if units else {}
         known = self.ledger.offer_states(self.name, [u.sku for u in units if u.sku]) if units else {}
+        # new offers start at their available to promise, a shared stock pool split between them
+        targets = offer_targets([u.woo for u in units if u.sellable and u.sku], self.marketplace, demand)
         for unit in units:
             if not unit.sellable:
                 continue
@@ -645,7 +650,7 @@ class CataloguePublish:
             if not reference:
                 problems[REFERENCE_MISSING].add(unit.sku)
                 continue
-            quantity = self._quantity(unit, states.get(unit.sku) or {}, known.get(unit.sku), demand.get(unit.sku, 0))
+            quantity = self._quantity(states.get(unit.sku) or {}, known.get(unit.sku), targets[unit.sku].quantity)
             try:
                 offer = build_offer(unit, self.marketplace, reference, quantity)
             except ValueError:
@@ -654,7 +659,8 @@ class CataloguePublish:
             desired[unit.sku] = Desired(unit.sku, unit, reference, offer)
         return desired, problems
 
-    def _quantity(self, unit: Unit, state: dict, record: Any, demand: int) -> int:
+    @staticmethod
+    def _quantity(state: dict, record: Any, available: int) -> int:
         """A new offer starts at its available to promise; an existing one keeps what Mirakl holds.
 
         Stock changes belong to the inventory flow (STO01), but OF24 resets a quantity it is not
@@ -662,8 +668,7 @@ class CataloguePublish:
         """
         live = state.get("offer") if not state.get("retired") else None
         if live is None:
-            woo = WooItem.from_api({**unit.item, "type": unit.item.get("type") or "simple"})
-            return offer_target(woo, self.marketplace, demand).quantity
+            return available
         if record is not None:
             current = record.last_pushed_quantity if record.pending_quantity_import_id else record.last_accepted_quantity
             if current is not None:
@@ -790,6 +795,11 @@ class CataloguePublish:
         entry = {"import_id": import_id, "skus": sorted(plan.products), "digests": digests}
         self.ledger.set_cursor(FLOW, self.name, "product_imports", [*self._pending("product_imports"), entry])
         return import_id, None
+
+
+def _failing_last(entries: list[dict]) -> list[dict]:
+    """Imports in order, those that failed to be followed last: one cannot hold up the others."""
+    return sorted(entries, key=lambda e: int(e.get("failures") or 0))
 
 
 def _report_reason(row: Mapping[str, str], mapping: AttributeMapping) -> str:

@@ -48,7 +48,7 @@ from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
 from include.woo_mirakl.offer_export import read_offers
 from include.woo_mirakl.stock import (
-    AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
+    AcceptedOffer, OfferTarget, WooItem, offer_targets, price_to_send, quantity_to_send,
 )
 from include.woo_mirakl.woo_pages import iter_pages_pooled
 from include.woo_mirakl.writes import DONE, RETRY, UNCERTAIN, Write, Writer, concerns_every_record
@@ -209,14 +209,15 @@ class InventoryPush:
 
     def _follow_stock(self, import_ids: list[str], summary: dict[str, int]) -> list[str]:
         waiting = list(import_ids)
-        for import_id in list(import_ids):  # oldest first; STO02 allows one call every 15 s
+        for import_id in self._failing_last(import_ids):  # STO02 allows one call every 15 s
             try:
                 status = self.mirakl.stock_import_status(import_id)
                 if not status.finished:
                     break
                 rejected = self._rejections(status, import_id, self.mirakl.stock_error_report, "stock")
-            except BudgetExceeded:
-                break
+            except BudgetExceeded as error:
+                if not error.retry_stopped or (rejected := self._unfollowable(import_id, "stock", error)) is None:
+                    break
             except ApiError as error:
                 if error.status == 404:
                     rejected = self._all_rejected(import_id, "stock", f"import {import_id} unknown to Mirakl")
@@ -235,15 +236,15 @@ class InventoryPush:
         waiting = list(import_ids)
         try:
             statuses = {s.import_id: s for s in self.mirakl.iter_price_imports(import_ids=import_ids)}
-        except BudgetExceeded:
-            return waiting
-        except ClientError as error:  # one listing for all of them: each counts a failed attempt
+        except (BudgetExceeded, ClientError) as error:  # one listing for all: a failure counts for each
+            if isinstance(error, BudgetExceeded) and not error.retry_stopped:
+                return waiting
             for import_id in import_ids:
                 if (rejected := self._unfollowable(import_id, "price", error)) is not None:
                     self._settle(import_id, rejected, "price", summary)
                     waiting.remove(import_id)
             return waiting
-        for import_id in import_ids:
+        for import_id in self._failing_last(import_ids):
             status = statuses.get(import_id)
             try:
                 if status is None:
@@ -252,8 +253,11 @@ class InventoryPush:
                     continue
                 else:
                     rejected = self._rejections(status, import_id, self.mirakl.price_error_report, "price")
-            except BudgetExceeded:  # PRI03 once a minute: the next report waits for the next cycle
-                break
+            except BudgetExceeded as error:  # PRI03 once a minute: the next report waits for the next cycle
+                if not error.retry_stopped:
+                    break
+                if (rejected := self._unfollowable(import_id, "price", error)) is None:
+                    continue
             except ClientError as error:
                 if (rejected := self._unfollowable(import_id, "price", error)) is None:
                     continue
@@ -261,7 +265,12 @@ class InventoryPush:
             waiting.remove(import_id)
         return waiting
 
-    def _unfollowable(self, import_id: str, kind: str, error: ClientError) -> dict[str, str] | None:
+    def _failing_last(self, import_ids: list[str]) -> list[str]:
+        """Imports in order, those that failed to be followed last: one cannot hold up the others."""
+        failures = self._cursor("follow_failures", {}) or {}
+        return sorted(import_ids, key=lambda i: failures.get(i, 0))
+
+    def _unfollowable(self, import_id: str, kind: str, error: Exception) -> dict[str, str] | None:
         """One import's status or error report failed: None while it may still be read (it stays
         waiting), its lines as rejected once it failed ``follow_attempts`` cycles in a row.
 
@@ -489,7 +498,7 @@ class InventoryPush:
                 self._collect(WooItem.from_api(raw), items, no_sku)
         # a pool whose siblings could not be read waits (its split needs them all): see stock.pool_targets
         for sku, item in list(items.items()):
-            if item.parent_id in plan.unread_parents:
+            if item.manage_stock == "parent" and item.parent_id in plan.unread_parents:
                 del items[sku]
 
         self._report_variations_without_sku(no_sku, seen_with_sku={str(i.id) for i in items.values()}, full=False)
@@ -601,10 +610,10 @@ class InventoryPush:
     ) -> None:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
         items = list(items)
-        pools = pool_demand(items, demand)  # variations sharing a parent's stock share its demand
+        targets = offer_targets(items, self.marketplace, demand)  # a shared pool is split: see there
         for item in items:
             plan.examined += 1
-            target = offer_target(item, self.marketplace, pools[item.pool])
+            target = targets[item.sku]
             record = states.get(item.sku)
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
@@ -654,25 +663,28 @@ class InventoryPush:
         no_sku: set[str] = set()
         seen_ids: set[str] = set()
         page: list[WooItem] = []
+        pooled: list[WooItem] = []  # variations sharing a parent's stock: split together, at the end
 
-        def flush() -> None:
+        def flush(items: list[WooItem]) -> None:
             offers = exported.result()  # SKU -> (quantity, price); matched ones are taken out
-            matched = [i for i in page if i.sku in offers]
+            matched = [i for i in items if i.sku in offers]
             states = self.ledger.offer_states(self.name, [i.sku for i in matched])
             self._decide(plan, matched, demand, states, mirakl={i.sku: offers.pop(i.sku) for i in matched})
             matched_skus = {i.sku for i in matched}
-            missing_in_mirakl.update((i.sku, i.id) for i in page if i.sku not in matched_skus)
-            page.clear()
+            missing_in_mirakl.update((i.sku, i.id) for i in items if i.sku not in matched_skus)
+            items.clear()
 
         for raw in self._iter_catalogue(plan):
             item = WooItem.from_api(raw)
             items: dict[str, WooItem] = {}
             self._collect(item, items, no_sku)
             seen_ids.update(str(i.id) for i in items.values())
-            page.extend(items.values())
+            for collected in items.values():
+                (pooled if collected.manage_stock == "parent" else page).append(collected)
             if len(page) >= 500 and exported.done():
-                flush()
-        flush()
+                flush(page)
+        flush(page)
+        flush(pooled)
         offers = exported.result()
 
         # What is left of the offers has no WooCommerce SKU. Offers this integration used to
