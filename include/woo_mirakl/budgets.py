@@ -25,7 +25,13 @@ Window = tuple[int, float]
 
 
 class BudgetExceeded(Exception):
-    """The operation may not be called yet; ``retry_at`` is the earliest time it may."""
+    """The operation may not be called yet; ``retry_at`` is the earliest time it may.
+
+    ``retry_stopped``: the call was made and failed (5xx, 429, a lost answer), and the budget
+    stopped the client's retry, so the failure is the call's, not only the budget's.
+    """
+
+    retry_stopped = False
 
     def __init__(self, operation: str, retry_at: datetime):
         super().__init__(f"call budget for {operation} used up; next call allowed at {retry_at.isoformat()}")

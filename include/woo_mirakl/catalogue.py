@@ -41,11 +41,12 @@ from typing import Any
 import yaml
 
 from include.woo_mirakl.budgets import BudgetExceeded, LedgerCallBudget
-from include.woo_mirakl.clients.http import ApiError, TransportError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError
 from include.woo_mirakl.clients.mirakl import MiraklClient
 from include.woo_mirakl.config import CONFIG_DIR, CataloguePolicy, CatalogueSelection, ConfigError, Marketplace
 from include.woo_mirakl.ledger import Ledger
-from include.woo_mirakl.stock import NOT_OFFERS, WooItem, offer_target
+from include.woo_mirakl.stock import NOT_OFFERS, WooItem, offer_target, offer_targets
+from include.woo_mirakl.writes import DONE, FINAL, UNCERTAIN, Write, WriteResult, Writer, concerns_every_record
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ PRICE_MISSING = "catalogue_price_missing"
 OFFER_REJECTED = "catalogue_offer_rejected"
 PRODUCT_UNKNOWN = "catalogue_product_unknown"  # the operator lacks the product and product import is off
 PRODUCT_REJECTED = "catalogue_product_rejected"
+PRODUCT_UNREADABLE = "catalogue_product_unreadable"  # one product's variations could not be read: key its id
+IMPORT_UNREADABLE = "catalogue_import_unreadable"  # one import's status or report kept failing
 # The inventory flow's "no offer on Mirakl" exception: a created offer clears it.
 INVENTORY_MISSING_IN_MIRAKL = "unmatched_sku_missing_in_mirakl"
 # Mirakl orders whose units WooCommerce has not reserved yet (as the inventory flow counts them).
@@ -148,6 +151,11 @@ class Unit:
         return _meta(self.item, key) or (_meta(self.parent, key) if self.parent else "")
 
     @property
+    def woo(self) -> WooItem:
+        """The unit's stock and price fields."""
+        return WooItem.from_api({**self.item, "type": self.item.get("type") or ("variation" if self.parent else "simple")})
+
+    @property
     def sellable(self) -> bool:
         statuses = [self.item.get("status") or "publish"]
         if self.parent is not None:
@@ -158,8 +166,7 @@ class Unit:
 def build_offer(unit: Unit, marketplace: Marketplace, product_id: str, quantity: int) -> dict[str, Any]:
     """The complete OF24 line for a unit: every field the flow manages, defaults filled in."""
     policy = marketplace.catalogue
-    woo = WooItem.from_api({**unit.item, "type": unit.item.get("type") or ("variation" if unit.parent else "simple")})
-    target = offer_target(woo, marketplace)
+    target = offer_target(unit.woo, marketplace)
     if target.price is None:
         raise ValueError(f"WooCommerce product {unit.woo_id} ({unit.sku}) has no price")
     description = unit.item.get("short_description") or unit.item.get("description")
@@ -289,14 +296,16 @@ def retire_line(offer: Mapping[str, Any], policy: str) -> dict[str, Any]:
 
 
 def plan_changes(
-    desired: Mapping[str, Desired], states: Mapping[str, dict], retire_policy: str, product_import: bool
+    desired: Mapping[str, Desired], states: Mapping[str, dict], retire_policy: str, product_import: bool,
+    retire: bool = True,
 ) -> Plan:
     """Compare the selection with what the ledger says Mirakl holds; pure, so it can be tested alone.
 
     ``states`` is the flow's per-SKU state: ``offer`` (the complete offer Mirakl accepted, or
     None), ``retired``, ``pending`` (an import in flight), ``refused`` (digest and reason of
     the last refused offer), ``product`` (None, needed, importing, rejected, integrated) and
-    ``product_digest`` (of the product row last refused).
+    ``product_digest`` (of the product row last refused). With ``retire`` False (a product of
+    the selection could not be read) no offer is retired: its variations may be among them.
     """
     plan = Plan()
     for sku, want in desired.items():
@@ -320,7 +329,7 @@ def plan_changes(
         if refused.get("digest") == digest:
             continue
         plan.create[sku] = want.offer
-    for sku, state in states.items():
+    for sku, state in states.items() if retire else ():
         if sku in desired or state.get("pending") or state.get("retired") or not state.get("offer"):
             continue
         plan.retire[sku] = retire_line(state["offer"], retire_policy)
@@ -348,6 +357,8 @@ class CatalogueSettings:
 
     # An OF24 slot opening within this many seconds is waited for (scheduler jitter).
     send_wait: float = 10.0
+    # Cycles in a row one import's status or report may fail before its lines are sent again.
+    follow_attempts: int = 5
 
 
 class CataloguePublish:
@@ -373,6 +384,7 @@ class CataloguePublish:
         self.settings = settings or CatalogueSettings()
         self.clock = clock or budget.clock
         self._mapping: AttributeMapping | None = None
+        self.writer = Writer(ledger, marketplace.name)
 
     @property
     def name(self) -> str:
@@ -418,11 +430,12 @@ class CataloguePublish:
 
     def _follow_offer_batches(self, states: dict[str, dict], summary: dict[str, int]) -> list[dict]:
         waiting = []
-        for batch in self._pending("offer_batches"):
+        for batch in _failing_last(self._pending("offer_batches")):
             try:
                 outcome = self._offer_batch_outcome(batch, states)
-            except BudgetExceeded:  # OF02/OF03 once a minute: the next cycle asks again
-                outcome = None
+            except (BudgetExceeded, ClientError) as error:  # OF02/OF03 once a minute: the next cycle asks again
+                # OF24 sends complete offers: sending them again after giving up on one is harmless
+                outcome = BatchOutcome(retry_all=True) if self._give_up(batch, "OF24", error) else None
             if outcome is None:
                 waiting.append(batch)
                 continue
@@ -528,26 +541,29 @@ class CataloguePublish:
 
     def _follow_product_imports(self, states: dict[str, dict], summary: dict[str, int]) -> list[dict]:
         waiting = []
-        for entry in self._pending("product_imports"):
+        for entry in _failing_last(self._pending("product_imports")):
             try:
                 status = self.mirakl.product_import_status(entry["import_id"])
-            except BudgetExceeded:  # P42 once a minute
-                waiting.append(entry)
-                continue
-            if not status.finished:
-                waiting.append(entry)
-                continue
-            if (status.status or "").upper() != "COMPLETE":
-                for sku in entry["skus"]:  # the file failed as a whole: sent again
+                if not status.finished:
+                    waiting.append(entry)
+                    continue
+                failed = (status.status or "").upper() != "COMPLETE"
+                identifier = self.mapping.identifier
+                rejected = {row.get(identifier, ""): _report_reason(row, self.mapping)
+                            for row in (self.mirakl.product_error_report(entry["import_id"])
+                                        if status.has_error_report and not failed else [])}
+                added = {row.get(identifier, "") for row in (self.mirakl.product_integration_report(entry["import_id"])
+                                                             if status.has_new_product_report and not failed else [])}
+            except (BudgetExceeded, ClientError) as error:  # P42 once a minute
+                if not self._give_up(entry, "P41", error):
+                    waiting.append(entry)
+                    continue
+                failed = True
+            if failed:
+                for sku in entry["skus"]:  # the file failed as a whole (or cannot be followed): sent again
                     if (states.get(sku) or {}).get("product") == "importing":
                         states[sku]["product"] = "needed"
                 continue
-            identifier = self.mapping.identifier
-            rejected = {row.get(identifier, ""): _report_reason(row, self.mapping)
-                        for row in (self.mirakl.product_error_report(entry["import_id"])
-                                    if status.has_error_report else [])}
-            added = {row.get(identifier, "") for row in (self.mirakl.product_integration_report(entry["import_id"])
-                                                         if status.has_new_product_report else [])}
             for sku in entry["skus"]:
                 state = states.setdefault(sku, {})
                 if sku in added:
@@ -566,12 +582,32 @@ class CataloguePublish:
                 summary["products_rejected"] += 1
         return waiting
 
+    def _give_up(self, entry: dict, operation: str, error: Exception) -> bool:
+        """One import's status or report failed: True once it failed ``follow_attempts`` cycles in a
+        row (its lines are sent again, with an exception on the import), False while it waits.
+        A call budget used up by others is no failure of this import's."""
+        if isinstance(error, BudgetExceeded) and not error.retry_stopped:
+            return False
+        if concerns_every_record(error):
+            raise error
+        entry["failures"] = int(entry.get("failures") or 0) + 1
+        log.warning("%s: %s import %s could not be followed (%s), attempt %d", self.name, operation,
+                    entry.get("import_id") or entry.get("key"), error, entry["failures"])
+        if entry["failures"] < self.settings.follow_attempts:
+            return False
+        key = str(entry.get("import_id") or entry.get("key"))
+        self._raise(IMPORT_UNREADABLE, key, {
+            "import_id": entry.get("import_id"), "import": operation, "skus": list(entry.get("skus") or [])[:50],
+            "error": str(error), "attempts": entry["failures"], "action": "its lines are sent again"})
+        return True
+
     # ---- step 2: publish ----------------------------------------------------------------------------
     def publish(self, dry_run: bool = False) -> dict[str, Any]:
         """One publish cycle; returns counts (and, for a dry run, the SKUs) for the run's XCom."""
         states = self.states()
-        desired, problems = self._desired(states)
-        plan = plan_changes(desired, states, self.policy.retire, self.policy.product_import)
+        unread: set[int] = set()
+        desired, problems = self._desired(states, unread)
+        plan = plan_changes(desired, states, self.policy.retire, self.policy.product_import, retire=not unread)
         if dry_run:
             return {"dry_run": True, **plan.summary(), "exceptions": {k: sorted(v)[:200] for k, v in problems.items()}}
         self._report_problems(problems)
@@ -591,15 +627,19 @@ class CataloguePublish:
             self.ledger.record_sync_success(FLOW, self.name, summary=summary)
         return summary
 
-    def _desired(self, states: Mapping[str, dict]) -> tuple[dict[str, Desired], dict[str, set[str]]]:
-        """The complete offer of every sellable selected unit, and the units that cannot be offers."""
+    def _desired(self, states: Mapping[str, dict], unread: set[int]) -> tuple[dict[str, Desired], dict[str, set[str]]]:
+        """The complete offer of every sellable selected unit, and the units that cannot be offers;
+        ``unread`` collects the variable products whose variations could not be read."""
         problems: dict[str, set[str]] = {SKU_MISSING: set(), REFERENCE_MISSING: set(), PRICE_MISSING: set()}
         desired: dict[str, Desired] = {}
         if self.policy.selection.empty:
             return desired, problems
-        units = list(self._selected_units())
+        units = list(self._selected_units(unread))
+        self.ledger.resolve_missing(PRODUCT_UNREADABLE, self.name, {str(i) for i in unread})
         demand = self.ledger.pending_demand(self.name, OPEN_ORDER_STATES) if units else {}
         known = self.ledger.offer_states(self.name, [u.sku for u in units if u.sku]) if units else {}
+        # new offers start at their available to promise, a shared stock pool split between them
+        targets = offer_targets([u.woo for u in units if u.sellable and u.sku], self.marketplace, demand)
         for unit in units:
             if not unit.sellable:
                 continue
@@ -610,7 +650,7 @@ class CataloguePublish:
             if not reference:
                 problems[REFERENCE_MISSING].add(unit.sku)
                 continue
-            quantity = self._quantity(unit, states.get(unit.sku) or {}, known.get(unit.sku), demand.get(unit.sku, 0))
+            quantity = self._quantity(states.get(unit.sku) or {}, known.get(unit.sku), targets[unit.sku].quantity)
             try:
                 offer = build_offer(unit, self.marketplace, reference, quantity)
             except ValueError:
@@ -619,7 +659,8 @@ class CataloguePublish:
             desired[unit.sku] = Desired(unit.sku, unit, reference, offer)
         return desired, problems
 
-    def _quantity(self, unit: Unit, state: dict, record: Any, demand: int) -> int:
+    @staticmethod
+    def _quantity(state: dict, record: Any, available: int) -> int:
         """A new offer starts at its available to promise; an existing one keeps what Mirakl holds.
 
         Stock changes belong to the inventory flow (STO01), but OF24 resets a quantity it is not
@@ -627,15 +668,31 @@ class CataloguePublish:
         """
         live = state.get("offer") if not state.get("retired") else None
         if live is None:
-            woo = WooItem.from_api({**unit.item, "type": unit.item.get("type") or "simple"})
-            return offer_target(woo, self.marketplace, demand).quantity
+            return available
         if record is not None:
             current = record.last_pushed_quantity if record.pending_quantity_import_id else record.last_accepted_quantity
             if current is not None:
                 return int(current)
         return int(live.get("quantity") or 0)
 
-    def _selected_units(self) -> Iterator[Unit]:
+    def _variations(self, product: Mapping[str, Any], unread: set[int]) -> list[dict]:
+        """A variable product's variations; a failure on this product alone is an exception on it
+        (``unread`` collects it, and the cycle retires nothing it may not have seen)."""
+        product_id = int(product["id"])
+        try:
+            found = list(self.woo.iter_variations(product_id))
+        except ClientError as error:
+            if concerns_every_record(error):
+                raise
+            unread.add(product_id)
+            self._raise(PRODUCT_UNREADABLE, str(product_id), {
+                "woocommerce_id": product_id, "sku": product.get("sku") or "", "error": str(error),
+                "status": getattr(error, "status", None),
+                "action": "its offers are left as they are this cycle; read again by the next"}, severity="error")
+            return []
+        return found
+
+    def _selected_units(self, unread: set[int]) -> Iterator[Unit]:
         """Simple products and variations of the selection (a variable product's parent is never one)."""
         selection = self.policy.selection
         wanted_skus = set(selection.skus)
@@ -644,7 +701,7 @@ class CataloguePublish:
             ptype = product.get("type") or "simple"
             if ptype == "variable":
                 parent_selected = selected(product, selection)
-                for variation in self.woo.iter_variations(int(product["id"])):
+                for variation in self._variations(product, unread):
                     variation = {**variation, "type": "variation", "parent_id": int(product["id"])}
                     if parent_selected or str(variation.get("sku") or "") in wanted_skus:
                         yield Unit(variation, product)
@@ -672,35 +729,42 @@ class CataloguePublish:
         body = [offer for _, _, offer in lines]
         digest = hashlib.sha256(repr(body).encode()).hexdigest()
         key = f"{self.name}:OF24:{self.clock().isoformat()}:{digest[:16]}"
-        self.ledger.begin_action(key, "OF24", None, {"lines": len(body), "digest": digest}, self.name)
         for action, sku, offer in lines:
             states.setdefault(sku, {})["pending"] = {"batch": key, "action": action, "offer": offer}
         batches = self._pending("offer_batches")
         batch = {"key": key, "import_id": None, "skus": [sku for _, sku, _ in lines]}
         self._save_states(states)
         self.ledger.set_cursor(FLOW, self.name, "offer_batches", [*batches, batch])
-        previous_max_wait, self.budget.max_wait = self.budget.max_wait, self.settings.send_wait
-        try:
-            import_id = self.mirakl.import_offers(body)
-        except BudgetExceeded as error:
-            self.ledger.fail_action(key, str(error), retryable=True)
+        result = self._write(Write(
+            key=key, kind="OF24", target=None, request={"lines": len(body), "digest": digest},
+            send=lambda: self.mirakl.import_offers(body),
+            outcome=lambda import_id: {"import_id": import_id, "lines": len(body)},
+        ))
+        if result.status == UNCERTAIN:
+            return None, f"OF24 outcome unknown ({result.error}); checked against Mirakl next cycle"
+        if result.status != DONE:  # surely not applied: nothing is in flight
             self._unsend(states, lines, batches)
-            return None, f"coalesced: OF24 allowed again at {error.retry_at.isoformat()}"
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
-            return None, f"OF24 outcome unknown ({error.reason}); checked against Mirakl next cycle"
-        except (TransportError, ApiError) as error:
-            retryable = not isinstance(error, ApiError) or error.status >= 500 or error.status == 429
-            self.ledger.fail_action(key, str(error), retryable=retryable)
-            self._unsend(states, lines, batches)
-            if not retryable:
-                raise
-            return None, f"OF24 failed ({error}); sent again next cycle"
-        finally:
-            self.budget.max_wait = previous_max_wait
-        self.ledger.complete_action(key, {"import_id": import_id, "lines": len(body)})
+            return None, self._not_sent("OF24", result, "sent again next cycle")
+        import_id = (result.outcome or {}).get("import_id")
         self.ledger.set_cursor(FLOW, self.name, "offer_batches", [*batches, {**batch, "import_id": import_id}])
         return import_id, None
+
+    def _write(self, write: Write) -> WriteResult:
+        """One Mirakl write through the shared write path, waiting a little for its call slot."""
+        previous_max_wait, self.budget.max_wait = self.budget.max_wait, self.settings.send_wait
+        try:
+            return self.writer.write(write)
+        finally:
+            self.budget.max_wait = previous_max_wait
+
+    @staticmethod
+    def _not_sent(operation: str, result: WriteResult, then: str) -> str:
+        """Why a write did not go through; a refusal for good (a 4xx on the file) fails the task."""
+        if result.status == FINAL:
+            raise result.exception or RuntimeError(f"{operation} refused: {result.error}")
+        if isinstance(result.exception, BudgetExceeded):
+            return f"coalesced: {operation} allowed again at {result.exception.retry_at.isoformat()}"
+        return f"{operation} failed ({result.error}); {then}"
 
     def _unsend(self, states: dict[str, dict], lines: list[tuple[str, str, dict]], batches: list[dict]) -> None:
         """The call surely did not happen: nothing is in flight."""
@@ -711,17 +775,19 @@ class CataloguePublish:
 
     def _send_products(self, plan: Plan, states: dict[str, dict]) -> tuple[str | None, str | None]:
         rows = {sku: self.mapping.row(want.unit, want.product_id) for sku, want in plan.products.items()}
-        try:
-            import_id = self.mirakl.import_products(self.mapping.file(rows.values()))
-        except BudgetExceeded as error:
-            return None, f"coalesced: P41 allowed again at {error.retry_at.isoformat()}"
-        except UncertainWriteError as error:
+        content = self.mapping.file(rows.values())
+        digest = hashlib.sha256(content).hexdigest()
+        result = self._write(Write(
+            key=f"{self.name}:P41:{self.clock().isoformat()}:{digest[:16]}", kind="P41", target=None,
+            request={"products": len(rows), "digest": digest}, send=lambda: self.mirakl.import_products(content),
+            outcome=lambda import_id: {"import_id": import_id, "products": len(rows)},
+        ))
+        if result.status == UNCERTAIN:
             # A product file sent twice is harmless for the operator (same references): send again.
-            return None, f"P41 outcome unknown ({error.reason}); sent again next time"
-        except (TransportError, ApiError) as error:
-            if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
-                raise
-            return None, f"P41 failed ({error}); sent again next time"
+            return None, f"P41 outcome unknown ({result.error}); sent again next time"
+        if result.status != DONE:
+            return None, self._not_sent("P41", result, "sent again next time")
+        import_id = (result.outcome or {}).get("import_id")
         digests = {sku: _row_digest(want) for sku, want in plan.products.items()}
         for sku in plan.products:
             states.setdefault(sku, {})["product"] = "importing"
@@ -729,6 +795,11 @@ class CataloguePublish:
         entry = {"import_id": import_id, "skus": sorted(plan.products), "digests": digests}
         self.ledger.set_cursor(FLOW, self.name, "product_imports", [*self._pending("product_imports"), entry])
         return import_id, None
+
+
+def _failing_last(entries: list[dict]) -> list[dict]:
+    """Imports in order, those that failed to be followed last: one cannot hold up the others."""
+    return sorted(entries, key=lambda e: int(e.get("failures") or 0))
 
 
 def _report_reason(row: Mapping[str, str], mapping: AttributeMapping) -> str:

@@ -41,6 +41,15 @@ GUIDANCE: dict[str, tuple[str, str]] = {
     "order_totals_mismatch": ("Order {key}: the totals differ between Mirakl and WooCommerce.", "Compare both orders; correct the WooCommerce order if needed."),
     "transaction_suite_failed": ("Mirakl's transaction lines of {key} failed validation: no report for that day.",
                                  "Read the failed checks in the detail, ask Mirakl support if the data is wrong, then re-run the day."),
+    "inventory_product_unreadable": ("WooCommerce product {woocommerce_id}'s variations could not be read: {error}.",
+                                     "Its offers keep their last quantity; check the product in WooCommerce (deleted? "
+                                     "permissions?). It is read again every cycle."),
+    "inventory_import_unreadable": ("Mirakl {import} import {import_id} could not be followed: {error}.",
+                                    "Nothing to do unless it repeats: its lines were sent again with today's values."),
+    "catalogue_product_unreadable": ("WooCommerce product {woocommerce_id}'s variations could not be read: {error}.",
+                                     "No offer is retired while it lasts; check the product in WooCommerce."),
+    "catalogue_import_unreadable": ("Mirakl {import} import {import_id} could not be followed: {error}.",
+                                    "Nothing to do unless it repeats: its offers were sent again."),
 }
 GENERIC = ("{kind_words} for {key}.", "Look at the detail below and at the flow's last run.")
 

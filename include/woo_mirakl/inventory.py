@@ -41,16 +41,17 @@ from decimal import Decimal
 from typing import Any
 
 from include.woo_mirakl.budgets import BudgetExceeded, LedgerCallBudget
-from include.woo_mirakl.clients.http import ApiError, TransportError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError, TransportError
 from include.woo_mirakl.clients.mirakl import MiraklClient, PriceLine, StockLine
 from include.woo_mirakl.clients.woocommerce import API_PREFIX, WooCommerceClient
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.ledger import Ledger, OfferStateRecord
 from include.woo_mirakl.offer_export import read_offers
 from include.woo_mirakl.stock import (
-    AcceptedOffer, OfferTarget, WooItem, offer_target, pool_demand, price_to_send, quantity_to_send,
+    AcceptedOffer, OfferTarget, WooItem, offer_targets, price_to_send, quantity_to_send,
 )
 from include.woo_mirakl.woo_pages import iter_pages_pooled
+from include.woo_mirakl.writes import DONE, RETRY, UNCERTAIN, Write, Writer, concerns_every_record
 from include.woo_mirakl.unseen_demand import (  # noqa: F401 - OPEN_ORDER_STATES kept importable from here
     DEFAULT_FRESH_FOR,
     OPEN_ORDER_STATES,
@@ -70,6 +71,8 @@ MISSING_IN_WOOCOMMERCE = "unmatched_sku_missing_in_woocommerce"  # an offer whos
 VARIATION_WITHOUT_SKU = "variation_without_sku"
 OFFER_UPDATE_REJECTED = "offer_update_rejected"  # Mirakl refused a line for another reason: retried
 PUSH_DEFERRED = "inventory_push_deferred"  # several cycles in a row could not hand their deltas over
+PRODUCT_UNREADABLE = "inventory_product_unreadable"  # one product's variations could not be read: key its id
+IMPORT_UNREADABLE = "inventory_import_unreadable"  # one import's status or report kept failing: key its id
 
 WOO_ITEM_FIELDS = "id,sku,type,status,manage_stock,stock_quantity,stock_status,price,parent_id,date_modified_gmt"
 WOO_ORDER_FIELDS = "id,date_modified_gmt,line_items"
@@ -90,6 +93,8 @@ class InventorySettings:
     woo_page_pool: int = 3  # WooCommerce pages read at once by a full comparison (a small store's share)
     # How old a complete OR11 listing may be for a cycle to trust the ledger's demand and raise.
     listing_fresh_for: timedelta = DEFAULT_FRESH_FOR
+    # Cycles in a row one import's STO02/STO03 (PRI02/PRI03) may fail before its lines are sent again.
+    follow_attempts: int = 5
 
 
 @dataclass
@@ -103,6 +108,8 @@ class Plan:
     examined: int = 0
     confirmed: list[dict[str, Any]] = field(default_factory=list)  # full comparison: ledger rows to heal
     held_back: set[str] = field(default_factory=set)  # raises an unsure cycle did not send
+    unread_parents: set[int] = field(default_factory=set)  # variable products whose variations failed to read
+    read_parents: set[int] = field(default_factory=set)
 
 
 def _parse_gmt(value: str | None) -> datetime | None:
@@ -154,6 +161,7 @@ class InventoryPush:
         self.settings = settings or InventorySettings()
         self.clock = clock or budget.clock
         self._variations_route: bool | None = None
+        self.writer = Writer(ledger, marketplace.name)
         # Without a store-wide watch (scripts, benchmarks) the cycle lists its own marketplace only.
         self.demand_watch = demand_watch or DemandWatch(
             marketplace, ledger, self._list_own_orders, store=[marketplace], clock=self.clock,
@@ -201,18 +209,23 @@ class InventoryPush:
 
     def _follow_stock(self, import_ids: list[str], summary: dict[str, int]) -> list[str]:
         waiting = list(import_ids)
-        for import_id in list(import_ids):  # oldest first; STO02 allows one call every 15 s
+        for import_id in self._failing_last(import_ids):  # STO02 allows one call every 15 s
             try:
                 status = self.mirakl.stock_import_status(import_id)
                 if not status.finished:
                     break
                 rejected = self._rejections(status, import_id, self.mirakl.stock_error_report, "stock")
-            except BudgetExceeded:
-                break
+            except BudgetExceeded as error:
+                if not error.retry_stopped or (rejected := self._unfollowable(import_id, "stock", error)) is None:
+                    break
             except ApiError as error:
-                if error.status != 404:
-                    raise
-                rejected = self._all_rejected(import_id, "stock", f"import {import_id} unknown to Mirakl")
+                if error.status == 404:
+                    rejected = self._all_rejected(import_id, "stock", f"import {import_id} unknown to Mirakl")
+                elif (rejected := self._unfollowable(import_id, "stock", error)) is None:
+                    continue
+            except ClientError as error:
+                if (rejected := self._unfollowable(import_id, "stock", error)) is None:
+                    continue
             self._settle(import_id, rejected, "stock", summary)
             waiting.remove(import_id)
         return waiting
@@ -223,9 +236,15 @@ class InventoryPush:
         waiting = list(import_ids)
         try:
             statuses = {s.import_id: s for s in self.mirakl.iter_price_imports(import_ids=import_ids)}
-        except BudgetExceeded:
+        except (BudgetExceeded, ClientError) as error:  # one listing for all: a failure counts for each
+            if isinstance(error, BudgetExceeded) and not error.retry_stopped:
+                return waiting
+            for import_id in import_ids:
+                if (rejected := self._unfollowable(import_id, "price", error)) is not None:
+                    self._settle(import_id, rejected, "price", summary)
+                    waiting.remove(import_id)
             return waiting
-        for import_id in import_ids:
+        for import_id in self._failing_last(import_ids):
             status = statuses.get(import_id)
             try:
                 if status is None:
@@ -234,11 +253,47 @@ class InventoryPush:
                     continue
                 else:
                     rejected = self._rejections(status, import_id, self.mirakl.price_error_report, "price")
-            except BudgetExceeded:  # PRI03 once a minute: the next report waits for the next cycle
-                break
+            except BudgetExceeded as error:  # PRI03 once a minute: the next report waits for the next cycle
+                if not error.retry_stopped:
+                    break
+                if (rejected := self._unfollowable(import_id, "price", error)) is None:
+                    continue
+            except ClientError as error:
+                if (rejected := self._unfollowable(import_id, "price", error)) is None:
+                    continue
             self._settle(import_id, rejected, "price", summary)
             waiting.remove(import_id)
         return waiting
+
+    def _failing_last(self, import_ids: list[str]) -> list[str]:
+        """Imports in order, those that failed to be followed last: one cannot hold up the others."""
+        failures = self._cursor("follow_failures", {}) or {}
+        return sorted(import_ids, key=lambda i: failures.get(i, 0))
+
+    def _unfollowable(self, import_id: str, kind: str, error: Exception) -> dict[str, str] | None:
+        """One import's status or error report failed: None while it may still be read (it stays
+        waiting), its lines as rejected once it failed ``follow_attempts`` cycles in a row.
+
+        Rejected lines are sent again by the next push with the value due *then* (an absolute
+        quantity or price), so an import that did land is overwritten, never replayed stale.
+        """
+        if concerns_every_record(error):
+            raise error
+        failures = self._cursor("follow_failures", {}) or {}
+        failures[import_id] = failures.get(import_id, 0) + 1
+        self._set_cursor("follow_failures", failures)
+        log.warning("%s: %s import %s could not be followed (%s), attempt %d", self.name, kind, import_id,
+                    error, failures[import_id])
+        if failures[import_id] < self.settings.follow_attempts:
+            return None
+        reason = f"{kind} import {import_id} unreadable after {failures[import_id]} attempts: {error}"
+        self.ledger.raise_exception(
+            IMPORT_UNREADABLE, import_id,
+            {"import_id": import_id, "import": kind, "error": str(error), "attempts": failures[import_id],
+             "action": "its lines are sent again with the values due now"},
+            self.name, severity="warning",
+        )
+        return self._all_rejected(import_id, kind, reason)
 
     def _rejections(self, status: Any, import_id: str, report: Callable[[str], list], kind: str) -> dict[str, str]:
         if (status.status or "").upper() != "COMPLETE":
@@ -267,6 +322,9 @@ class InventoryPush:
         return {sku: reason for sku in self._pending_skus(import_id, kind)}
 
     def _settle(self, import_id: str, rejected: dict[str, str], kind: str, summary: dict[str, int]) -> None:
+        failures = self._cursor("follow_failures", {}) or {}
+        if failures.pop(import_id, None) is not None:
+            self._set_cursor("follow_failures", failures)
         pushed = set(self._pending_skus(import_id, kind))
         counts = self.ledger.mark_import_result(self.name, import_id, rejected)
         summary["settled"] += 1
@@ -314,6 +372,12 @@ class InventoryPush:
                 self._set_cursor(name, value)
         self._set_cursor("demand", demand)
         self._set_cursor("held_back", sorted(plan.held_back))
+        self._set_cursor("unread_parents", sorted(plan.unread_parents))
+        if full:  # every product was listed: what is still open is what failed now
+            self.ledger.resolve_missing(PRODUCT_UNREADABLE, self.name, {str(p) for p in plan.unread_parents})
+        for key in self._open_keys(PRODUCT_UNREADABLE) if not full else ():
+            if key.isdigit() and int(key) in plan.read_parents:
+                self.ledger.resolve_exception(PRODUCT_UNREADABLE, key, self.name)
         if full:
             self._set_cursor("last_full", now.isoformat())
         if plan.confirmed:
@@ -409,7 +473,7 @@ class InventoryPush:
             self._collect(item, items, no_sku)
 
         cursor = self._cursor("variations_modified")
-        for raw in self._iter_changed_variations(cursor, parents):
+        for raw in self._iter_changed_variations(cursor, parents, plan):
             plan.cursors["variations_modified"] = _later(plan.cursors.get("variations_modified") or cursor,
                                                          raw.get("date_modified_gmt"))
             self._collect(WooItem.from_api(raw), items, no_sku)
@@ -430,8 +494,12 @@ class InventoryPush:
         # A pool's demand is its variations' together: read the siblings of any pool member seen.
         pools = {i.parent_id for i in items.values() if i.manage_stock == "parent"} - set(parents)
         for parent in sorted(pools):
-            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
-                self._collect(WooItem.from_api({**raw, "type": "variation", "parent_id": parent}), items, no_sku)
+            for raw in self._parent_variations(parent, plan):
+                self._collect(WooItem.from_api(raw), items, no_sku)
+        # a pool whose siblings could not be read waits (its split needs them all): see stock.pool_targets
+        for sku, item in list(items.items()):
+            if item.manage_stock == "parent" and item.parent_id in plan.unread_parents:
+                del items[sku]
 
         self._report_variations_without_sku(no_sku, seen_with_sku={str(i.id) for i in items.values()}, full=False)
         # SKUs Mirakl has no offer for are left to the full comparison, which sees when one appears.
@@ -472,7 +540,8 @@ class InventoryPush:
             self._variations_route = self.woo.version() >= (10, 3)
         return self._variations_route
 
-    def _iter_changed_variations(self, cursor: str | None, modified_parents: Mapping[int, bool]) -> Iterator[dict]:
+    def _iter_changed_variations(self, cursor: str | None, modified_parents: Mapping[int, bool],
+                                 plan: Plan) -> Iterator[dict]:
         """Variations that may have changed, reading only parents whose ``date_modified`` moved.
 
         A real store moves a parent's date whenever one of its variations is saved or sold, and a
@@ -482,12 +551,34 @@ class InventoryPush:
         """
         if self._has_variations_route():
             yield from self._iter_modified("/variations", "woo.variations.all", cursor)
-            parents = [p for p, pool in modified_parents.items() if pool]  # pool sales move no variation
+            parents = {p for p, pool in modified_parents.items() if pool}  # pool sales move no variation
         else:
-            parents = list(modified_parents)
+            parents = set(modified_parents)
+        parents |= set(self._cursor("unread_parents", []) or [])  # failed last time: read again
         for parent in sorted(parents):
-            for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None):
-                yield {**raw, "type": "variation", "parent_id": parent}
+            yield from self._parent_variations(parent, plan)
+
+    def _parent_variations(self, parent: int, plan: Plan) -> list[dict]:
+        """One variable product's variations; a failure on it alone is an exception on that product.
+
+        The product is read again by the next cycle (``unread_parents``), and a full comparison
+        that missed it retires no offer it cannot see (see :meth:`_compare_full`).
+        """
+        try:
+            found = list(self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None))
+        except ClientError as error:
+            if concerns_every_record(error):
+                raise
+            plan.unread_parents.add(int(parent))
+            self.ledger.raise_exception(
+                PRODUCT_UNREADABLE, str(parent),
+                {"woocommerce_id": int(parent), "error": str(error), "status": getattr(error, "status", None),
+                 "action": "its variations' offers are left as they are and read again next cycle"},
+                self.name, severity="error",
+            )
+            return []
+        plan.read_parents.add(int(parent))
+        return [{**raw, "type": "variation", "parent_id": parent} for raw in found]
 
     def _items_by_sku(self, skus: Iterable[str]) -> Iterator[WooItem]:
         """Products and variations by exact SKU (``/products?sku=`` also finds variations)."""
@@ -519,10 +610,10 @@ class InventoryPush:
     ) -> None:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
         items = list(items)
-        pools = pool_demand(items, demand)  # variations sharing a parent's stock share its demand
+        targets = offer_targets(items, self.marketplace, demand)  # a shared pool is split: see there
         for item in items:
             plan.examined += 1
-            target = offer_target(item, self.marketplace, pools[item.pool])
+            target = targets[item.sku]
             record = states.get(item.sku)
             known = _known(record)
             if mirakl is not None:  # full comparison: Mirakl's own values are the truth about Mirakl
@@ -572,36 +663,41 @@ class InventoryPush:
         no_sku: set[str] = set()
         seen_ids: set[str] = set()
         page: list[WooItem] = []
+        pooled: list[WooItem] = []  # variations sharing a parent's stock: split together, at the end
 
-        def flush() -> None:
+        def flush(items: list[WooItem]) -> None:
             offers = exported.result()  # SKU -> (quantity, price); matched ones are taken out
-            matched = [i for i in page if i.sku in offers]
+            matched = [i for i in items if i.sku in offers]
             states = self.ledger.offer_states(self.name, [i.sku for i in matched])
             self._decide(plan, matched, demand, states, mirakl={i.sku: offers.pop(i.sku) for i in matched})
             matched_skus = {i.sku for i in matched}
-            missing_in_mirakl.update((i.sku, i.id) for i in page if i.sku not in matched_skus)
-            page.clear()
+            missing_in_mirakl.update((i.sku, i.id) for i in items if i.sku not in matched_skus)
+            items.clear()
 
         for raw in self._iter_catalogue(plan):
             item = WooItem.from_api(raw)
             items: dict[str, WooItem] = {}
             self._collect(item, items, no_sku)
             seen_ids.update(str(i.id) for i in items.values())
-            page.extend(items.values())
+            for collected in items.values():
+                (pooled if collected.manage_stock == "parent" else page).append(collected)
             if len(page) >= 500 and exported.done():
-                flush()
-        flush()
+                flush(page)
+        flush(page)
+        flush(pooled)
         offers = exported.result()
 
         # What is left of the offers has no WooCommerce SKU. Offers this integration used to
-        # manage lost their product: take them off sale rather than let them oversell.
-        managed = self.ledger.offer_states(self.name, list(offers))
+        # manage lost their product: take them off sale rather than let them oversell. Unless a
+        # product could not be read: its variations are among them, and are left alone.
+        complete = not plan.unread_parents
+        managed = self.ledger.offer_states(self.name, list(offers)) if complete else {}
         for sku, (quantity, _price) in offers.items():
             if sku in managed and quantity:
                 plan.stock[sku] = 0
 
-        self._report_unmatched(missing_in_mirakl, offers)
-        self._report_variations_without_sku(no_sku, seen_with_sku=seen_ids, full=True)
+        self._report_unmatched(missing_in_mirakl, offers if complete else None)
+        self._report_variations_without_sku(no_sku, seen_with_sku=seen_ids, full=complete)
         cursor = self._cursor("orders_modified")
         plan.cursors["orders_modified"] = self._latest_order_modified() or cursor
         return plan
@@ -618,11 +714,7 @@ class InventoryPush:
         if self._has_variations_route():
             variations: Iterable[dict] = self._iter_modified("/variations", "woo.variations.all", None)
         else:
-            variations = (
-                {**raw, "type": "variation", "parent_id": parent}
-                for parent in parents
-                for raw in self._iter_modified(f"/products/{parent}/variations", "woo.variations.list", None)
-            )
+            variations = (raw for parent in parents for raw in self._parent_variations(parent, plan))
         for raw in variations:
             plan.cursors["variations_modified"] = _later(plan.cursors.get("variations_modified"),
                                                          raw.get("date_modified_gmt"))
@@ -638,12 +730,15 @@ class InventoryPush:
         return orders[0].get("date_modified_gmt") if orders else None
 
     # ---- exceptions ---------------------------------------------------------------------------------
-    def _report_unmatched(self, missing_in_mirakl: Mapping[str, int], orphan_offers: Mapping[str, Any]) -> None:
+    def _report_unmatched(self, missing_in_mirakl: Mapping[str, int], orphan_offers: Mapping[str, Any] | None) -> None:
+        """Unmatched SKUs of a full comparison; ``orphan_offers`` None: WooCommerce was not read whole."""
         open_mirakl = self._open_keys(MISSING_IN_MIRAKL)
         self.ledger.raise_exceptions(MISSING_IN_MIRAKL, {  # one transaction, however many
             sku: {"sku": sku, "missing_from": "mirakl", "woocommerce_id": product_id, "source": "full comparison"}
             for sku, product_id in missing_in_mirakl.items() if sku not in open_mirakl
         }, self.name, severity="warning")
+        if orphan_offers is None:
+            return
         self.ledger.resolve_missing(MISSING_IN_MIRAKL, self.name, missing_in_mirakl)
         open_woo = self._open_keys(MISSING_IN_WOOCOMMERCE)
         self.ledger.raise_exceptions(MISSING_IN_WOOCOMMERCE, {
@@ -695,26 +790,28 @@ class InventoryPush:
     def _submit(
         self, operation: str, values: Mapping[str, Any], lines: list, upload: Callable[[list], str]
     ) -> tuple[str | None, str | None]:
-        """One file upload, recorded as an action; transient failures defer instead of failing the task."""
+        """One file upload through the shared write path; transient failures defer, never fail the task.
+
+        Each cycle's file is an action of its own (keyed by the cycle's time and content). An upload
+        of unknown outcome is never replayed: the next cycle sends what is due *then*, an absolute
+        quantity or price per line, so a file that did land is overwritten with newer values, not
+        repeated stale ones. A file refused for good (4xx) concerns every line in it: the task fails.
+        """
         digest = hashlib.sha256("\n".join(f"{sku};{values[sku]}" for sku in sorted(values)).encode()).hexdigest()
-        key = f"{self.name}:{operation}:{self.clock().isoformat()}:{digest[:16]}"
-        self.ledger.begin_action(key, operation, None, {"lines": len(lines), "digest": digest}, self.name)
-        try:
-            import_id = upload(lines)
-        except BudgetExceeded as error:
-            self.ledger.fail_action(key, str(error), retryable=True)
-            return None, f"coalesced: {operation} allowed again at {error.retry_at.isoformat()}"
-        except UncertainWriteError as error:
-            self.ledger.mark_action_uncertain(key, str(error))
-            return None, f"{operation} outcome unknown ({error.reason}); resent by the next cycle"
-        except (TransportError, ApiError) as error:
-            if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
-                self.ledger.fail_action(key, str(error), retryable=False)
-                raise
-            self.ledger.fail_action(key, str(error), retryable=True)
-            return None, f"{operation} failed ({error}); resent by the next cycle"
-        self.ledger.complete_action(key, {"import_id": import_id, "lines": len(lines)})
-        return import_id, None
+        result = self.writer.write(Write(
+            key=f"{self.name}:{operation}:{self.clock().isoformat()}:{digest[:16]}", kind=operation, target=None,
+            request={"lines": len(lines), "digest": digest}, send=lambda: upload(lines),
+            outcome=lambda import_id: {"import_id": import_id, "lines": len(lines)},
+        ))
+        if result.status == DONE:
+            return (result.outcome or {}).get("import_id"), None
+        if result.status == UNCERTAIN:
+            return None, f"{operation} outcome unknown ({result.error}); the next cycle sends what is due then"
+        if result.status == RETRY:
+            if isinstance(result.exception, BudgetExceeded):
+                return None, f"coalesced: {operation} allowed again at {result.exception.retry_at.isoformat()}"
+            return None, f"{operation} failed ({result.error}); resent by the next cycle"
+        raise result.exception or RuntimeError(f"{operation} refused: {result.error}")
 
     def _remember_import(self, kind: str, import_id: str) -> None:
         pending = self._cursor("imports", {"stock": [], "price": []})

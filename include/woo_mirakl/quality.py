@@ -24,7 +24,7 @@ import yaml
 from include.woo_mirakl.clients.http import ApiError
 from include.woo_mirakl.config import CONFIG_DIR, Marketplace
 from include.woo_mirakl.ledger import Ledger, OrderRecord
-from include.woo_mirakl.stock import WooItem, offer_target
+from include.woo_mirakl.stock import WooItem, offer_target, offer_targets
 from include.woo_mirakl.unseen_demand import store_demand, store_of
 
 FLOW = "mirakl_data_quality"
@@ -275,13 +275,16 @@ def woo_order_rows(snapshot: Snapshot) -> list[dict[str, Any]]:
 def sku_rows(snapshot: Snapshot, marketplace: Marketplace) -> list[dict[str, Any]]:
     """One row per SKU on any side, with the quantities to compare."""
     items = {item.sku: item for item in snapshot.woo_items}
+    # as the inventory push computes them: a shared stock pool split between the offers Mirakl has
+    targets = offer_targets([i for i in items.values() if i.sku in snapshot.offers], marketplace, snapshot.demand)
     rows = []
     for sku in sorted(set(items) | set(snapshot.offers) | set(snapshot.offer_states)):
         item = items.get(sku)
         state = snapshot.offer_states.get(sku)
         in_woo, in_mirakl, pushed = item is not None, sku in snapshot.offers, state is not None
         pending = bool(state and state.pending_quantity_import_id)
-        expected = offer_target(item, marketplace, snapshot.demand.get(sku, 0)).quantity if item else None
+        target = targets.get(sku) or (offer_target(item, marketplace, snapshot.demand.get(sku, 0)) if item else None)
+        expected = target.quantity if target else None
         rows.append({
             "sku": sku,
             "in_woo": in_woo,

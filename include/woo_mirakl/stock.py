@@ -11,15 +11,17 @@ Rules for products that are not plain stock-managed items:
   ``unmanaged_in_stock_quantity``, ``outofstock`` → 0 (then demand and buffer apply as usual);
   the order flow applies the same rule (:func:`available_units`: out of stock refuses);
 * a variation whose stock its parent manages (``manage_stock: "parent"``) shares the parent's
-  *pool* with its siblings: WooCommerce reports the pool's quantity on each, and demand is
-  counted per pool (:func:`pool_key`, :func:`pool_demand`), for the push as for decisions;
+  *pool* with its siblings: WooCommerce reports the pool's quantity on each, demand is counted
+  per pool (:func:`pool_key`, :func:`pool_demand`), for the push as for decisions, and the pool's
+  ATP is split between its variations' offers so that together they never offer more than the
+  pool holds (:func:`offer_targets`);
 * not published (draft, pending, private) → 0: it is not for sale anywhere;
 * a variable product's parent is never an offer; each variation is, under its own SKU;
 * a variation without a SKU cannot be matched to an offer: it is reported, never pushed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
@@ -148,6 +150,38 @@ def offer_target(item: WooItem, marketplace: Marketplace, unreserved_demand: int
     )
     price = marketplace.price_rule.apply(item.price) if item.price is not None else None
     return OfferTarget(item.sku, quantity, price)
+
+
+def offer_targets(items: Iterable[WooItem], marketplace: Marketplace, demand: Mapping[str, int]) -> dict[str, OfferTarget]:
+    """The offer of every item (offers with a SKU), by SKU; a shared stock pool is split between its offers.
+
+    An item with its own stock gets :func:`offer_target` with its own unreserved demand. A pool
+    of variations whose parent manages the stock (``manage_stock: "parent"``) holds ``S`` units
+    (the quantity WooCommerce reports on each of them); its available to promise is computed
+    *once*, ``A = max(0, S − D − B)`` with ``D`` the unreserved demand of all its variations and
+    ``B`` the marketplace's buffer, and split between its published variations: each gets
+    ``⌊A / n⌋`` and the ``A mod n`` units left go one each to the lowest WooCommerce ids (a fixed
+    order, so offers do not move between cycles when nothing changed). The offers of a pool
+    therefore sum to at most ``A``: whatever mix of variations customers buy on the marketplace,
+    they cannot buy more than the pool holds. (Offering each variation ``A`` would let every one of
+    them sell the whole pool.) All of a pool's variations must be among ``items``.
+    """
+    members: dict[str, list[WooItem]] = {}
+    for item in items:
+        members.setdefault(item.pool, []).append(item)
+    targets: dict[str, OfferTarget] = {}
+    for pool, pooled in members.items():
+        unreserved = sum(int(demand.get(i.sku, 0)) for i in pooled)
+        if not pool.startswith("parent:"):
+            targets.update((i.sku, offer_target(i, marketplace, unreserved)) for i in pooled)
+            continue
+        selling = sorted((i for i in pooled if i.status in SELLABLE_STATUSES), key=lambda i: i.id)
+        stock = woo_stock(selling[0], marketplace.unmanaged_in_stock_quantity) if selling else 0
+        share, left = divmod(available_to_promise(stock, unreserved, marketplace.safety_buffer), len(selling) or 1)
+        quantities = {i.sku: share + (1 if rank < left else 0) for rank, i in enumerate(selling)}
+        for item in pooled:
+            targets[item.sku] = replace(offer_target(item, marketplace), quantity=quantities.get(item.sku, 0))
+    return targets
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,9 @@ def test_unmanaged_out_of_stock_is_refused_and_offered_zero(shop, sandbox, ledge
 
 def test_two_orders_on_two_parent_managed_variations_share_the_pool(shop, sandbox, ledger):
     sandbox.woo.settings.update(calc_taxes=False)
+    with sandbox.lock:  # offers made by hand at the pool's quantity, before any split push
+        for sku in ("SH-TEE-RED", "SH-TEE-BLUE"):
+            sandbox.mirakl.add_offer(sku, 15.0, 2)
     red = place(sandbox, [("SH-TEE-RED", 2)], index=0)
     blue = place(sandbox, [("SH-TEE-BLUE", 2)], index=1)
     run(sandbox, ledger, ORDERS)

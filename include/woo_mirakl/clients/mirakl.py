@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
 
-from include.woo_mirakl.budgets import CallBudget, CallLimits, default_limits
+from include.woo_mirakl.budgets import BudgetExceeded, CallBudget, CallLimits, default_limits
 from include.woo_mirakl.clients.http import ApiError, HttpClient, MalformedResponseError, RetryPolicy, UncertainWriteError
 from include.woo_mirakl.clients.mirakl_models import (
     Account,
@@ -220,7 +220,18 @@ class MiraklClient(HttpClient):
         if self.budget is None or not charge or not self.limits.windows(operation, variant):
             return None
         budget = self.budget
-        return lambda: budget.acquire(operation, variant)
+        attempts = 0
+
+        def acquire() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                budget.acquire(operation, variant)
+            except BudgetExceeded as error:
+                error.retry_stopped = attempts > 1  # an earlier attempt of this very call failed
+                raise
+
+        return acquire
 
     def _call(
         self,
