@@ -96,6 +96,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: ``/proc/self/clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def window_peak_rss_mb() -> float:
+    """Peak RSS since the last :func:`reset_peak_rss` (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
 def memory_pass(step: Callable[[], Any]) -> float:
     """Peak traced Python memory (MiB) of one run of ``step``; never inside a timed run."""
     tracemalloc.start()

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Target, ceiling_breaches, figure, header, peak_rss_mb, print_targets  # noqa: E402
+from common import (  # noqa: E402
+    Target, ceiling_breaches, figure, header, peak_rss_mb, print_targets, reset_peak_rss, window_peak_rss_mb,
+)
 
 DAY = date(2026, 3, 10)
 SALE_TYPES = ("ORDER_AMOUNT", "ORDER_SHIPPING_AMOUNT", "COMMISSION_FEE", "COMMISSION_VAT")
@@ -222,15 +224,19 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     day, stage = Day(DAY), Stage(work / "stage")
     rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # each step's own peak RSS (the window is reset before it)
 
     def timed(name: str, step: Any) -> Any:
+        gc.collect()
+        reset_peak_rss()
         started = time.perf_counter()
         value = step()
         timings[name] = time.perf_counter() - started
+        peaks[name] = window_peak_rss_mb()
         return value
 
     timed("export (TL03, TL04, TL05) and staging", lambda: extract_mirakl_day(mirakl, ledger, "bench", day, stage))
-    stage.save("woo_orders", woo_orders(info["orders"]))
+    timed("(bench) staging the WooCommerce orders", lambda: stage.save("woo_orders", woo_orders(info["orders"])))
     stage.save("woo_refunds", [])
     stage.save("ledger", [])
     history = timed("orders' history", lambda: extract_mirakl_history(mirakl, "bench", day, 3, stage))
@@ -242,7 +248,7 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     log = conn.recv()
     conn.send("stop")
     conn.recv()
-    conn_out.send({"timings": timings, "peak_mb": peak_rss_mb(), "log": log, "built_s": built,
+    conn_out.send({"timings": timings, "peaks": peaks, "peak_mb": peak_rss_mb(), "log": log, "built_s": built,
                    "findings": len(result.findings), "history": history, "lines": len(inputs.day_lines)})
 
 
@@ -287,10 +293,12 @@ def main(argv: list[str] | None = None) -> None:
         floor = (0.15 + EXPORT_DELAY_S + 0.15 * calls["TL04"] + chunks * 0.15
                  + 0.05 * args.lines * 640 / 2**20) * args.latency_scale
         floor = max(floor, EXPORT_DELAY_S)
-        total = sum(r["timings"].values())
+        total = sum(v for k, v in r["timings"].items() if not k.startswith("(bench)"))
         print(f"\n== end to end: {r['lines']:,} lines through the export ({r['built_s']:.0f} s to build the sandbox)")
         for name, seconds in r["timings"].items():
             figure(name, seconds, "s", floor if name.startswith("export") else None)
+        for name, mb in r["peaks"].items():
+            figure(f"peak RSS during: {name}", mb, "MB")
         figure("end to end", total, "s")
         print("  Mirakl calls: " + ", ".join(f"{k}={v}" for k, v in sorted(calls.items())))
         print(f"  orders' history: {r['history']}")

@@ -18,6 +18,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT_FILE = CONFIG_DIR / "marketplaces.yaml"
 ENV_VAR = "WOO_MIRAKL_MARKETPLACES"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# libyaml's loader when PyYAML was built with it: every DAG file parses this file, ~10x faster
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(ValueError):
@@ -166,7 +168,7 @@ def normalise_carrier(name: str) -> str:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=_LOADER) or {}  # noqa: S506 (a safe loader)
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {path}") from exc
     except yaml.YAMLError as exc:

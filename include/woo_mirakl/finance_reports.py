@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from include.woo_mirakl.report_labels import label
 
@@ -91,7 +91,8 @@ def write_reports(result: Reconciliation, marketplace: str, day: date, root: Pat
             frame.to_csv(staging.directory / f"{name}.csv", index=False, float_format="%.2f", lineterminator="\n")
         _write_workbook(frames, staging.workbook, day)
         trend = load_trend(marketplace, day, result.summary, root)
-        staging.html.write_text(render_html(result, trend, marketplace, day), encoding="utf-8")
+        with open(staging.html, "w", encoding="utf-8") as fh:
+            fh.writelines(html_parts(result, trend, marketplace, day))
         _swap_in(staging.directory, final.directory)
     finally:
         shutil.rmtree(staging.directory, ignore_errors=True)
@@ -110,23 +111,44 @@ def _swap_in(new: Path, final: Path) -> None:
 
 
 def _write_workbook(frames: dict[str, pd.DataFrame], path: Path, day: date) -> None:
+    """One sheet per frame, written row by row (openpyxl's write-only mode): a day of a million
+    lines has 250,000 order lines, which as in-memory cells would cost gigabytes and minutes."""
+    from openpyxl import Workbook
+    from openpyxl.utils import get_column_letter
+
+    book = Workbook(write_only=True)
+    book.properties.title = f"Mirakl reconciliation {day.isoformat()}"
+    for name in SHEETS:
+        frame = frames[name]
+        sheet = book.create_sheet(name)
+        sheet.freeze_panes = "A2"
+        # widths first (they precede the rows in the file): the longest text of each column
+        widths = [len(str(c)) for c in frame.columns]
+        for block in _column_blocks(frame, missing="", naive=True):  # "" for missing, as pandas writes it
+            widths = [max(w, max((len(str(v)) for v in values), default=0)) for w, values in zip(widths, block)]
+        for index, width in enumerate(widths, start=1):
+            sheet.column_dimensions[get_column_letter(index)].width = min(max(width + 2, 10), 60)
+        sheet.append([str(c) for c in frame.columns])
+        for block in _column_blocks(frame, missing="", naive=True):
+            for row in zip(*block):
+                sheet.append(row)
+    book.save(path)
+
+
+def _column_blocks(frame: pd.DataFrame, missing: Any, naive: bool = False, rows: int = 20_000) -> Iterator[list]:
+    """The frame's values as Python scalars, a block of rows at a time, column by column; a missing
+    value (None, NaN, NA) as ``missing``; with ``naive``, times without their zone (Excel has none)."""
     import pandas as pd
 
-    with pd.ExcelWriter(path, engine="openpyxl") as writer:
-        for name in SHEETS:
-            frame = frames[name].copy()
-            for column in frame.columns:  # Excel has no pandas NA nor time zones
-                if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
-                    frame[column] = frame[column].dt.tz_localize(None)
-                elif str(frame[column].dtype) in ("Int64", "string"):
-                    frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-            frame.to_excel(writer, sheet_name=name, index=False)
-            sheet = writer.sheets[name]
-            sheet.freeze_panes = "A2"
-            for cells in sheet.columns:
-                width = max(len(str(c.value)) if c.value is not None else 0 for c in cells)
-                sheet.column_dimensions[cells[0].column_letter].width = min(max(width + 2, 10), 60)
-        writer.book.properties.title = f"Mirakl reconciliation {day.isoformat()}"
+    for start in range(0, len(frame), rows):
+        part = frame.iloc[start:start + rows]
+        block = []
+        for column in part.columns:
+            series = part[column]
+            if naive and isinstance(series.dtype, pd.DatetimeTZDtype):
+                series = series.dt.tz_localize(None)
+            block.append(series.astype(object).where(series.notna(), missing).tolist())
+        yield block
 
 
 def read_summary(path: Path) -> dict[str, str]:
@@ -162,22 +184,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(frame: pd.DataFrame, css: str) -> str:
+def _table(frame: pd.DataFrame, css: str) -> Iterator[str]:
+    """The table's HTML in pieces, a block of rows each: a day's order lines are a quarter of a
+    million rows, which as one string (and its list of rows) would cost hundreds of megabytes."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(None if v is None or _is_na(v) else v))}</td>" for v in row) + "</tr>"
-        for row in frame.itertuples(index=False, name=None)
-    )
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _is_na(value: Any) -> bool:
-    import pandas as pd
-
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    yield f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>'
+    for block in _column_blocks(frame, missing=None):
+        yield "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                      for row in zip(*block))
+    yield "</tbody></table>"
 
 
 def trend_chart(points: list[dict[str, Any]], width: int = 760, height: int = 260) -> str:
@@ -244,7 +259,8 @@ td:first-child,th:first-child{text-align:left}
 """
 
 
-def render_html(result: Reconciliation, trend: list[dict[str, Any]], marketplace: str, day: date) -> str:
+def html_parts(result: Reconciliation, trend: list[dict[str, Any]], marketplace: str, day: date) -> Iterator[str]:
+    """The day's HTML page, in pieces to write one after the other."""
     from include.woo_mirakl.reconciliation import FINDING_KINDS
 
     summary = dict(zip(result.summary["metric"], result.summary["value"]))
@@ -258,18 +274,22 @@ def render_html(result: Reconciliation, trend: list[dict[str, Any]], marketplace
                            ("findings", "Findings"))
     )
     title = f"Mirakl reconciliation — {html.escape(marketplace)} — {day.isoformat()}"
-    return (
+    yield (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
         f'<div class="kpis">{kpis}</div>'
         f"<h2>Daily sales, commission and payout (last {TREND_DAYS} days)</h2>{trend_chart(trend)}"
         f"<h2>Findings by kind</h2>{findings_chart(result.findings, FINDING_KINDS)}"
-        f'<h2>Findings ({len(result.findings)})</h2>{_table(result.findings, "findings")}'
-        f'<h2>Payouts ({len(result.payouts)})</h2>{_table(result.payouts, "payouts")}'
-        f'<h2>Summary</h2>{_table(result.summary.assign(metric=result.summary["metric"].map(label)), "summary")}'
-        f'<h2>Order lines ({len(result.lines)})</h2>{_table(result.lines, "lines")}'
-        "</body></html>\n"
     )
+    yield f"<h2>Findings ({len(result.findings)})</h2>"
+    yield from _table(result.findings, "findings")
+    yield f"<h2>Payouts ({len(result.payouts)})</h2>"
+    yield from _table(result.payouts, "payouts")
+    yield "<h2>Summary</h2>"
+    yield from _table(result.summary.assign(metric=result.summary["metric"].map(label)), "summary")
+    yield f"<h2>Order lines ({len(result.lines)})</h2>"
+    yield from _table(result.lines, "lines")
+    yield "</body></html>\n"
 
 
 def email_body(summary_frame: pd.DataFrame, marketplace: str, day: date, paths: ReportPaths) -> str:
