@@ -197,7 +197,7 @@ def main() -> int:
 
         with sandbox.lock:
             sandbox.mirakl.close_billing_cycle()
-        demo.run("mirakl_data_quality", "Data quality: drift, deadlines, unmatched SKUs")
+        demo.run("mirakl_data_quality", "Data quality: drift and deadlines; one alert digest of every open exception")
         demo.run("mirakl_catalogue_publish", "Catalogue publishing (nothing selected for the sandbox)")
         # Today's run is early (the nightly one starts at 02:30 tomorrow), so that today shows too.
         print(f"\nBackfill of the reconciliation, {earlier[0]} to {today}, one run per day")
