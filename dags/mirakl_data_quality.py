@@ -7,10 +7,11 @@ Every 15 minutes, one run at a time, per marketplace:
    Mirakl offers (OF21), checked by the Great Expectations suites in
    `include/config/expectations/`: status drift against the mapping table
    `include/config/status_map.yaml` (with its age), acceptance deadlines close, shipping
-   deadlines passed, accepted orders without exactly one WooCommerce order, unmatched SKUs,
-   pushed SKUs missing on a side, stock drift (offer vs. last accepted push vs. WooCommerce),
-   actions stuck in *intent*. Findings become ledger exceptions: opened, seen again (count,
-   last seen), resolved when they clear; a person may acknowledge them on the operations page.
+   deadlines passed, accepted orders without exactly one WooCommerce order, stock drift (offer
+   vs. last accepted push vs. WooCommerce), actions stuck in *intent*. Findings become ledger
+   exceptions: opened, seen again (count, last seen), resolved when they clear; a person may
+   acknowledge them on the operations page. A SKU on one side only is not checked here: the
+   inventory push owns it (one exception per SKU, resolved when the SKU appears), the digest sends it.
 2. **send_digest** — one e-mail and one Slack message with every open exception that has not
    alerted yet (or not within the quiet period, Variable `woo_mirakl_alert_quiet_minutes`),
    critical ones first. Sending fails soft. Logic: `include/woo_mirakl/quality.py`, `digest.py`.
@@ -52,5 +53,5 @@ def build(marketplace: Marketplace) -> None:
 
 globals().update(
     marketplace_dags(FLOW, build, schedule="*/15 * * * *", doc_md=__doc__, tags=["quality"],
-                    description="Drift, deadlines and unmatched SKUs checked; one alert digest (e-mail, Slack)")
+                    description="Status and stock drift, deadlines, stuck actions checked; one alert digest (e-mail, Slack)")
 )

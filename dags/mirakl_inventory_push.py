@@ -16,7 +16,10 @@ WooCommerce is the truth; Mirakl offers follow it.
    a fresh listing only lowers offers, never above what Mirakl holds; only the differences with what
    Mirakl accepted go out, in **one** stock file and **one** price file. Hourly — or when
    triggered with `{"full": true}` — a full comparison of every WooCommerce SKU with every
-   Mirakl offer repairs drift and records unmatched SKUs in both directions.
+   Mirakl offer repairs drift and records unmatched SKUs in both directions. This flow alone
+   owns them: one exception per SKU and marketplace (`unmatched_sku_missing_in_mirakl` or
+   `unmatched_sku_missing_in_woocommerce`), resolved once the SKU exists on both sides; the data
+   quality digest sends them and a catalogue offer created for the SKU clears it.
 
 A run that comes too early (a manual trigger inside the minute) sends nothing and moves no
 cursor: the next allowed run sends its changes. Open exceptions show on the operations page.

@@ -5,17 +5,25 @@ small shop, runs each flow with ``dag.test()`` (the same code the scheduler runs
 simulated time where the story needs it (the operator debiting orders, the warehouse
 shipping, a billing cycle closing), and prints what happened in both systems. The ledger
 starts afresh, since the sandbox does.
+
+The shop has traded on the two days before: one order a day, shipped, as the integration left
+it in both systems and the ledger. The story ends with a backfill of the reconciliation over
+those two days and today, one run per day, so each report has lines and its chart three days.
+The sinks for the alert e-mails and Slack messages listen where the ``smtp_alerts`` and
+``slack_alerts`` connections point.
 """
 from __future__ import annotations
 
 import os
 import sys
 from collections import Counter
-from datetime import datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKETPLACE = "sandbox"
+EARLIER_DAYS = 2  # days of trading before today's story: with today, the three reconciled days
 
 
 class Demo:
@@ -46,6 +54,20 @@ class Demo:
             lines = ", ".join(f"{l['offer_sku']}×{l['quantity']} {l['order_line_state']}" for l in order["order_lines"])
             print(f"  Mirakl {order['order_id']}: {order['order_state']:<22} {lines}")
 
+    def reconcile(self, days: list[date]) -> None:
+        """One reconciliation run per day, as a backfill makes them (a run dated D+1 02:30 reconciles D)."""
+        from include.woo_mirakl.finance_reports import day_paths, read_summary
+
+        for day in days:
+            nightly = datetime.combine(day + timedelta(days=1), time(2, 30), tzinfo=timezone.utc)
+            self.run("mirakl_payout_reconciliation", f"Reconcile {day}: commissions and payouts", logical_date=nightly)
+            paths = day_paths(MARKETPLACE, day)
+            summary = read_summary(paths.summary_csv)
+            print(f"  {summary.get('transaction_lines', 0)} Mirakl transaction lines, {summary.get('orders', 0)} orders, "
+                  f"sales {summary.get('sales', '0')} {summary.get('currency', '')}, "
+                  f"paid out {summary.get('payout_paid', '0')}")
+            print(f"  report: {paths.html}")
+
     def woo_orders(self) -> list[dict]:
         with self.sandbox.lock:
             orders = [o for o in self.sandbox.woo.orders() if o.get("payment_method") == "mirakl"]
@@ -53,6 +75,54 @@ class Demo:
             city = (o.get("shipping") or {}).get("city") or "-"
             print(f"  WooCommerce #{o['id']}: {o['status']:<11} ship to {city}")
         return orders
+
+
+def trade_earlier_days(sandbox, ledger, days: list[date]) -> None:
+    """One order a day on ``days``, as the integration left it: accepted, debited and shipped on
+    Mirakl, a completed WooCommerce order built by the orders flow's own mapping, both in the ledger.
+    Its products are its own, so today's story starts from the demo scenario's stock."""
+    from include.sandbox.scenarios import catalogue, customer
+    from include.woo_mirakl.clients.mirakl_models import Order
+    from include.woo_mirakl.config import get_marketplace
+    from include.woo_mirakl.order_mapping import completion_update, reservation_order
+
+    def move_to(moment: datetime) -> None:
+        sandbox.clock.advance((moment - sandbox.clock.now()).total_seconds())
+
+    marketplace = get_marketplace(MARKETPLACE)
+    with sandbox.lock:
+        move_to(datetime.combine(days[0], time(9), tzinfo=timezone.utc))
+        skus = catalogue(sandbox, n_skus=2, seed=7, variable_share=0, missing_offer_share=0, orphan_offers=0,
+                         stock_range=(40, 60), prefix="EARLIER")["skus"]
+        for index, day in enumerate(days):
+            move_to(datetime.combine(day, time(10), tzinfo=timezone.utc))
+            placed = sandbox.mirakl.place_order(lines=[{"offer_sku": skus[index % len(skus)], "quantity": 1 + index}],
+                                                customer=customer(index), debit_delay_s=86400)
+            lines = [line["order_line_id"] for line in placed["order_lines"]]
+            sandbox.mirakl.store.accept(sandbox.clock.now(), placed["order_id"],
+                                        [{"id": line, "accepted": True} for line in lines])
+            sandbox.mirakl.debit(placed["order_id"])
+            order = Order.from_api(sandbox.mirakl.order(placed["order_id"]))
+            woo = sandbox.woo.store.create_order(reservation_order(marketplace, order, set(lines)))
+            sandbox.woo.store.update_order(woo, {**completion_update(order, None, None), "status": "completed"})
+            sandbox.mirakl.store.ship(sandbox.clock.now(), order.order_id)
+            ledger.upsert_order(MARKETPLACE, order.order_id, commercial_id=order.commercial_id, mirakl_state="SHIPPED",
+                                decision="accepted", woo_order_id=woo["id"], woo_status="completed",
+                                currency=order.currency_iso_code)
+            ledger.set_order_lines(MARKETPLACE, order.order_id, [
+                {"mirakl_order_line_id": line, "decision": "accepted", "mirakl_state": "SHIPPED"} for line in lines])
+            print(f"  {day}: Mirakl {order.order_id} shipped, WooCommerce #{woo['id']} completed")
+        move_to(datetime.now(timezone.utc))
+
+
+def fresh_ledger_file(url: str) -> None:
+    """The sandbox starts empty, so must a local SQLite ledger (other databases are left alone)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        for leftover in Path(parsed.database).parent.glob(Path(parsed.database).name + "*"):
+            leftover.unlink()
 
 
 def main() -> int:
@@ -66,21 +136,29 @@ def main() -> int:
 
     from include.woo_mirakl.ledger import Ledger, ledger_url_from_connection
 
-    for leftover in (ROOT / "var").glob("ledger.db*"):
-        leftover.unlink()
+    from include.woo_mirakl.finance_reports import reports_root
+
+    # Outside a task the Task SDK cannot read Airflow's metadata DB, the models can.
+    ledger_url = ledger_url_from_connection(Connection.get_connection_from_secrets("woo_mirakl_ledger"))
+    fresh_ledger_file(ledger_url)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    # The alert connections in airflow_settings.yaml point at these two local stand-ins.
-    mail, slack = MailSink(port=8025), SlackSink(token_path="/services/local-demo", port=8026)
+    # Local stand-ins where the alert connections (airflow_settings.yaml) point.
+    webhook = urlsplit(Connection.get_connection_from_secrets("slack_alerts").password or "")
+    mail = MailSink(port=Connection.get_connection_from_secrets("smtp_alerts").port or 8025)
+    slack = SlackSink(token_path=webhook.path or "/services/local-demo", port=webhook.port or 8026)
     sandbox = Sandbox(seed=42).start(int(os.environ.get("SANDBOX_MIRAKL_PORT", 8081)),
                                      int(os.environ.get("SANDBOX_WOO_PORT", 8082)))
     try:
         print(f"sandbox: Mirakl {sandbox.mirakl_url}  WooCommerce {sandbox.woo_url}")
+        ledger = Ledger.from_url(ledger_url)
+        today = sandbox.clock.now().date()
+        earlier = [today - timedelta(days=n) for n in range(EARLIER_DAYS, 0, -1)]
+        print("earlier days of trading, as the integration left them:")
+        trade_earlier_days(sandbox, ledger, earlier)
         world = apply_scenario(sandbox, "demo")
         print(f"seeded: {len(world['skus'])} SKUs, {len(world['orders'])} marketplace orders waiting for acceptance")
-        # Outside a task the Task SDK cannot read Airflow's metadata DB, the models can.
-        ledger = Ledger.from_url(ledger_url_from_connection(Connection.get_connection_from_secrets("woo_mirakl_ledger")))
         demo = Demo(sandbox, ledger, bag.dags)
 
         demo.run("mirakl_account", "Verify the connections", conf={"action": "verify"})
@@ -119,18 +197,12 @@ def main() -> int:
 
         with sandbox.lock:
             sandbox.mirakl.close_billing_cycle()
-            today = sandbox.clock.now().date()
-        demo.run("mirakl_data_quality", "Data quality: drift, deadlines, unmatched SKUs")
+        demo.run("mirakl_data_quality", "Data quality: drift and deadlines; one alert digest of every open exception")
         demo.run("mirakl_catalogue_publish", "Catalogue publishing (nothing selected for the sandbox)")
-        nightly = datetime.combine(today + timedelta(days=1), time(2, 30), tzinfo=timezone.utc)
-        demo.run("mirakl_payout_reconciliation", f"Reconcile {today}: commissions and payouts", logical_date=nightly)
-        reports = ROOT / "reports" / "reconciliation" / MARKETPLACE / today.isoformat()
-        if reports.exists():
-            print(f"  reports: {reports}")
-            summary = reports / "summary.csv"
-            if summary.exists():
-                for line in summary.read_text(encoding="utf-8").splitlines()[1:8]:
-                    print(f"    {line}")
+        # Today's run is early (the nightly one starts at 02:30 tomorrow), so that today shows too.
+        print(f"\nBackfill of the reconciliation, {earlier[0]} to {today}, one run per day")
+        demo.reconcile([*earlier, today])
+        print(f"  reports of every day: {reports_root() / 'reconciliation' / MARKETPLACE}")
 
         print("\nSummary")
         calls = Counter(e["operation"] for e in sandbox.log.entries())

@@ -29,8 +29,8 @@ FUNNEL = {  # funnel step -> Mirakl order states
     "refunded": ("REFUNDED",),
     "cancelled or refused": ("CANCELED", "REFUSED"),
 }
-UNMATCHED_KINDS = ("unmatched_sku", "pushed_sku_missing", "unmatched_sku_missing_in_mirakl",
-                   "unmatched_sku_missing_in_woocommerce")
+# The inventory push owns unmatched SKUs: one exception per SKU, under the side it is missing from.
+UNMATCHED_KINDS = ("unmatched_sku_missing_in_mirakl", "unmatched_sku_missing_in_woocommerce")
 STOCK_KINDS = ("stock_drift", *UNMATCHED_KINDS)
 
 
@@ -106,7 +106,7 @@ def _exception_row(e: Any, now: dt.datetime) -> dict[str, Any]:
     from include.woo_mirakl.exception_guidance import guidance, sku_of, task_log_path
 
     return {
-        "guidance": guidance(e.kind, e.key, e.detail), "ids": [e.id], "also": [],
+        "guidance": guidance(e.kind, e.key, e.detail),
         "sku": sku_of(e.key) if e.kind in STOCK_KINDS else None,
         "log_path": task_log_path(e.key, e.detail) if e.kind == "task_failure" else None,
         "id": e.id, "kind": e.kind, "key": e.key, "severity": e.severity, "status": e.status, "count": e.count,
@@ -114,22 +114,6 @@ def _exception_row(e: Any, now: dt.datetime) -> dict[str, Any]:
         "last_seen": e.last_seen.isoformat(), "detail": e.detail or {},
         "acknowledged_by": e.acknowledged_by,
     }
-
-
-def _one_row_per_unmatched_sku(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flows report an unmatched SKU each under their own kind: one row per SKU, naming the others."""
-    merged: list[dict[str, Any]] = []
-    first: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row["kind"] in UNMATCHED_KINDS and row["sku"] in first:
-            kept = first[row["sku"]]
-            kept["ids"].append(row["id"])
-            kept["also"].append(row["kind"])
-            continue
-        if row["kind"] in UNMATCHED_KINDS:
-            first[row["sku"]] = row
-        merged.append(row)
-    return merged
 
 
 def _flow_runs(marketplace: str, runs: Callable[[list[str]], dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -150,7 +134,7 @@ def marketplace_summary(
     """Everything the page shows for one marketplace, as plain JSON-able data."""
     now = now or dt.datetime.now(dt.timezone.utc)
     unresolved = [_exception_row(e, now) for e in ledger.open_exceptions(marketplace)]
-    every = _one_row_per_unmatched_sku([r for r in unresolved if r["status"] == "open"])
+    every = [r for r in unresolved if r["status"] == "open"]
     acknowledged = [r for r in unresolved if r["status"] != "open"]
     shown = [r for r in every if (kind is None or r["kind"] == kind) and r["age_hours"] >= min_age_hours]
     counts = ledger.order_counts_by_state(marketplace, since=now - dt.timedelta(days=funnel_days))
@@ -190,12 +174,12 @@ PAGE = """<!doctype html>
 <tr><th>Kind</th><th>Key</th><th>Severity</th><th>Age (h)</th><th>Seen</th><th>What happened — what to do</th><th></th></tr>
 {% for e in m.exceptions %}
 <tr class="{{ e.severity }}" data-exception-id="{{ e.id }}">
- <td>{{ e.kind }}{% for k in e.also %}<br><small>also {{ k }}</small>{% endfor %}</td><td>{{ e.key }}</td>
+ <td>{{ e.kind }}</td><td>{{ e.key }}</td>
  <td>{{ e.severity }}</td><td>{{ e.age_hours }}</td><td>{{ e.count }}×</td>
  <td><p class="what">{{ e.guidance.what }}</p><p class="todo"><b>What to do:</b> {{ e.guidance.todo }}
  {% if e.log_path %}<a class="log" href="{{ e.log_path }}" target="_top">Open the task log</a>{% endif %}</p>
  <details><summary>detail</summary><code>{% for k, v in e.detail.items() %}{{ k }}={{ v }} {% endfor %}</code></details></td>
- <td><button class="ack" data-ids="{{ e.ids | join(',') }}">Acknowledge</button></td></tr>
+ <td><button class="ack" data-id="{{ e.id }}">Acknowledge</button></td></tr>
 {% else %}<tr><td colspan="7">Nothing needs a human.</td></tr>{% endfor %}
 </table></div>
 {% if m.acknowledged %}<details class="acknowledged"><summary>Acknowledged, not yet resolved ({{ m.acknowledged|length }})</summary>
@@ -213,7 +197,7 @@ PAGE = """<!doctype html>
 <p class="funnel">{% for step, n in m.funnel.items() %}<span>{{ step }}: <b>{{ n }}</b></span>{% endfor %}</p>
 <h3>Stock drift and unmatched SKUs</h3>
 <div class="scroll"><table class="stock"><tr><th>Kind</th><th>SKU</th><th>What happened</th><th>Age (h)</th></tr>
-{% for e in m.stock %}<tr><td>{{ e.kind }}{% for k in e.also %}<br><small>also {{ k }}</small>{% endfor %}</td><td>{{ e.sku }}</td>
+{% for e in m.stock %}<tr><td>{{ e.kind }}</td><td>{{ e.sku }}</td>
 <td>{{ e.guidance.what }}</td><td>{{ e.age_hours }}</td></tr>
 {% else %}<tr><td colspan="4">Stock agrees on both sides.</td></tr>{% endfor %}
 </table></div>
@@ -222,12 +206,10 @@ PAGE = """<!doctype html>
 <script>
 document.querySelectorAll("button.ack").forEach(function (button) {
   button.addEventListener("click", function () {
-    Promise.all(button.dataset.ids.split(",").map(function (id) {
-      return fetch("exceptions/" + id + "/acknowledge", {
-        method: "POST", credentials: "same-origin", headers: {"{{ ack_header }}": "1"}});
-    })).then(function (replies) {
-      var bad = replies.filter(function (r) { return !r.ok; });
-      if (bad.length === 0) { location.reload(); } else { bad[0].text().then(alert); }
+    fetch("exceptions/" + button.dataset.id + "/acknowledge", {
+      method: "POST", credentials: "same-origin", headers: {"{{ ack_header }}": "1"}
+    }).then(function (reply) {
+      if (reply.ok) { location.reload(); } else { reply.text().then(alert); }
     });
   });
 });
