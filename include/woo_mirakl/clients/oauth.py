@@ -207,6 +207,7 @@ class TokenStore(Protocol):
 
     def locked(self, key: str) -> Any: ...  # a context manager yielding a TokenSlot
     def peek(self, key: str) -> dict[str, Any] | None: ...  # status without secrets
+    def forget(self, key: str) -> None: ...  # drop the key's token (disconnect)
 
 
 @dataclass
@@ -240,11 +241,16 @@ class MemoryTokenStore:
         with self._lock:
             yield self._slots.setdefault(key, _MemorySlot())
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._slots.pop(key, None)
+
     def peek(self, key: str) -> dict[str, Any] | None:
         slot = self._slots.get(key)
-        if slot is None or slot.token is None:
+        if slot is None:
             return None
-        return {"expires_at": slot.token.expires_at, "status": slot.status, "reason": slot.reason}
+        return {"expires_at": slot.token.expires_at if slot.token else None, "status": slot.status,
+                "reason": slot.reason}
 
 
 class TokenProvider:
@@ -276,6 +282,11 @@ class TokenProvider:
 
     def __repr__(self) -> str:
         return f"TokenProvider({self.key!r}, {self.grant})"
+
+    @property
+    def origin_refresh_token(self) -> str | None:
+        """The refresh token the connection holds (a disconnect revokes it)."""
+        return self._origin_refresh
 
     @property
     def expires_at(self) -> datetime | None:
@@ -325,7 +336,7 @@ class TokenProvider:
             return self.endpoint.client_credentials()
         refresh_token = (current.refresh_token if current else None) or self._origin_refresh
         if not refresh_token:
-            raise OAuthError("token", 400, "invalid_grant", "no refresh token: the connection was never connected")
+            raise OAuthError("token", 400, "invalid_grant", "not connected: the connection holds no refresh token (use Connect to Mirakl)")
         token = self.endpoint.refresh(refresh_token)
         if token.refresh_token is None:  # servers that do not rotate keep the old one valid
             token = Token(token.access_token, token.expires_at, refresh_token, token.scope)
