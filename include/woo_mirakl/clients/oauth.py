@@ -26,12 +26,25 @@ from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, R
 
 log = logging.getLogger(__name__)
 
+# What Mirakl documents (developer.mirakl.com, read 2026-12):
+# - Mirakl Connect, developer guide "Authentication" (/content/product/connect-channel-platform/
+#   developer-guide/authentication): POST https://auth.mirakl.net/oauth/token, Content-Type
+#   application/x-www-form-urlencoded, grant_type=client_credentials, client_id and client_secret in the
+#   body, all mandatory; the answer has token_type "Bearer", access_token, expires_in (3599 in the example),
+#   target_app, resource_owner; renew "a few minutes before the expires_in value"; calls send
+#   "Authorization: Bearer <access-token>". Guide "Authorization" (same folder): a call without a valid,
+#   unexpired token is refused with 401.
+# - "MAS OAuth 2 documentation" (/static/doc/mirakl-authentication-system/mas-oauth2-documentation.pdf):
+#   integrators use the OAuth 2 Authorization Code protocol with a client id and secret Mirakl creates for
+#   them and redirect URIs they register with Mirakl (several allowed, e.g. with a tenant in the query).
+# The public text names neither the authorize page nor a revocation endpoint, nor the code-exchange and
+# refresh parameters: those follow RFC 6749 (authorization_code, refresh_token at the same token endpoint)
+# and RFC 7009 (token=...) at the same host, and every address is a connection setting (token_url,
+# authorize_url, revoke_url extras) for when Mirakl gives you others with your client id.
 MIRAKL_AUTH = "https://auth.mirakl.net"
-DEFAULT_TOKEN_URL = f"{MIRAKL_AUTH}/oauth/token"
-# The authorize and revoke paths follow RFC 6749/7009 conventions at the same host: set them in the
-# connection when Mirakl gives you other addresses with your client id.
-DEFAULT_AUTHORIZE_URL = f"{MIRAKL_AUTH}/oauth/authorize"
-DEFAULT_REVOKE_URL = f"{MIRAKL_AUTH}/oauth/revoke"
+DEFAULT_TOKEN_URL = f"{MIRAKL_AUTH}/oauth/token"  # documented
+DEFAULT_AUTHORIZE_URL = f"{MIRAKL_AUTH}/oauth/authorize"  # not documented publicly: RFC 6749 naming
+DEFAULT_REVOKE_URL = f"{MIRAKL_AUTH}/oauth/revoke"  # not documented publicly: RFC 7009 naming
 REFRESH_MARGIN = timedelta(minutes=5)  # "a few minutes before the expires_in value"
 
 CLIENT_CREDENTIALS = "client_credentials"
