@@ -88,6 +88,7 @@ def build(marketplace: Marketplace) -> None:
     @task(pool="mirakl_api")
     def verify_mirakl() -> list[dict]:
         """Host, key and shop (A01, within its once-a-day budget)."""
+        from include.woo_mirakl import account
         from include.woo_mirakl.account import FAILED, Check, verify_mirakl as run_checks
         from include.woo_mirakl.hooks import TEST_RETRY, MiraklHook
         from include.woo_mirakl.ledger import get_ledger
@@ -96,6 +97,8 @@ def build(marketplace: Marketplace) -> None:
         ledger = get_ledger()
         hook = MiraklHook(marketplace.mirakl_conn_id)
         try:
+            if _params()["action"] == "reconnect":
+                account.clear_not_connected(hook, ledger)
             client = hook.get_client(budget=hook.get_budget(ledger), retry=TEST_RETRY)
             scope = hook.budget_scope()
         except ValueError as error:
@@ -198,7 +201,10 @@ def build(marketplace: Marketplace) -> None:
         client = hook.get_client(budget=hook.get_budget(ledger, max_wait=65.0))
         outcome = account.apply_offers_policy(plan, client, ledger)
         state = account.mark_disconnected(ledger, marketplace.name, plan.policy)
-        summary = {**outcome.summary(), "paused": paused, "paused_via": pauser.how, "status": state["status"]}
+        # Last, since the offers policy needed the token: an OAuth authorization is revoked and dropped.
+        authorization = account.revoke_mirakl_authorization(hook, ledger, marketplace.name)
+        summary = {**outcome.summary(), "paused": paused, "paused_via": pauser.how, "status": state["status"],
+                   "authorization": authorization}
         print(f"offers policy {plan.policy!r}: sent {len(outcome.sent)} request(s), "
               f"{len(outcome.already_done)} already sent by an earlier run; imports: {outcome.imports}")
         if outcome.failures:

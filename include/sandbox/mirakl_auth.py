@@ -1,14 +1,19 @@
 """The simulated Mirakl Authentication System: OAuth 2 on loopback, beside the simulated seller API.
 
 What Mirakl documents (developer.mirakl.com, "Authentication" and "Authorization" of Mirakl Connect,
-and the MAS OAuth 2 guide): integrators get a client id and secret and a registered redirect URI;
-sellers go through the authorization-code protocol (sign in, pick the store, consent) and the
-integration exchanges the code at ``POST /oauth/token``; Mirakl Connect uses the client-credentials
-grant at the same endpoint (``application/x-www-form-urlencoded``, ``grant_type``, ``client_id``,
-``client_secret``). Answers carry ``token_type: Bearer``, ``access_token`` and ``expires_in``
-(3599 s in Mirakl's example); API calls send ``Authorization: Bearer <token>``.
+and the MAS OAuth 2 guide; sources in ``include/woo_mirakl/clients/oauth.py``): integrators get a
+client id and secret and registered redirect URIs; sellers go through the authorization-code protocol
+(sign in, pick the store, consent); Mirakl Connect uses the client-credentials grant at
+``POST /oauth/token`` (``application/x-www-form-urlencoded``, ``grant_type``, ``client_id``,
+``client_secret``). Answers carry ``token_type: Bearer``, ``access_token``, ``expires_in`` (3599 s in
+Mirakl's example), ``target_app`` and ``resource_owner``; API calls send ``Authorization: Bearer <token>``
+and are refused with 401 without a valid, unexpired one.
 
-Where the documents are silent the sandbox follows RFC 6749/7009 and is harsher rather than kinder:
+The public documents do not give the authorize page's address, the code exchange and refresh, or a
+revocation endpoint: here they are RFC 6749 (``/oauth/authorize``; ``authorization_code`` and
+``refresh_token`` at ``/oauth/token``) and RFC 7009 (``POST /oauth/revoke``, ``token``; 200 even for an
+unknown token; a refresh token revokes its whole grant). Where the documents are silent the sandbox
+follows those RFCs and is harsher rather than kinder:
 codes live 60 s and are single use (a replayed code revokes what it issued), redirect URIs must match
 exactly, refresh tokens rotate and a reused one revokes its whole grant, an unregistered redirect URI
 is never redirected to, and the token endpoint refuses any other content type.

@@ -934,6 +934,76 @@ def _follow_deletes(client: MiraklClient, skus: set[str], wait: float, sleep: Ca
     return report
 
 
+# ---- disconnect: ending the OAuth authorization --------------------------------------------------
+
+NOT_CONNECTED = "not connected: the marketplace was disconnected; connect it again (Connect to Mirakl)"
+
+
+def revoke_mirakl_authorization(hook: Any, ledger: Any, marketplace: str) -> dict[str, Any]:
+    """On an OAuth connection: revoke its tokens at Mirakl's authentication system, drop them.
+
+    Each token (the shared access and refresh token from the ledger, and the refresh token the
+    connection holds) is revoked through a ledger action (RFC 7009 revocation is idempotent, so a
+    re-run simply sends it again). Then the ledger's token row is emptied and marked
+    "not connected", and the refresh token is removed from the connection when it lives in
+    Airflow's database (an environment variable or a secrets backend cannot be changed from here:
+    the answer says so; the token is revoked anyway). API-key connections are left as they are.
+    Raises :class:`RuntimeError` when a revocation did not go through, so the task can be re-run.
+    """
+    from include.woo_mirakl.clients.oauth import fingerprint
+    from include.woo_mirakl.connect import _connection_row, _update_connection
+    from include.woo_mirakl.writes import Write, Writer
+
+    provider = hook.token_provider(ledger=ledger)
+    if provider is None:
+        return {"auth_mode": "api_key", "revoked": 0}
+    with provider.store.locked(provider.key) as slot:
+        stored = slot.token
+    tokens = [t for t in (stored.refresh_token if stored else None, provider.origin_refresh_token,
+                          stored.access_token if stored else None) if t]  # refresh tokens first: they end the grant
+    generation = connection_state(ledger, marketplace)["generation"]
+    writer = Writer(ledger, marketplace)
+    revoked, problems = 0, []
+    for token in dict.fromkeys(tokens):
+        digest = fingerprint(provider.key, token)
+        result = writer.write(Write(
+            key=f"{FLOW}:{marketplace}:g{generation}:revoke:{digest}", kind="oauth_revoke", target=hook.mirakl_conn_id,
+            request={"operation": "revoke", "token": digest}, send=lambda t=token: provider.endpoint.revoke(t),
+            repeatable=True))
+        if result.ok:
+            revoked += 1
+        else:
+            problems.append(f"{result.status}: {result.error}")
+    if problems:
+        raise RuntimeError(f"Mirakl's authentication system did not revoke {len(problems)} token(s) of "
+                           f"{hook.mirakl_conn_id!r} ({'; '.join(problems)}): run the disconnect again")
+    conn = _connection_row(hook.mirakl_conn_id)
+    removed = conn is not None and bool((conn.extra_dejson or {}).get("refresh_token"))
+    if removed:
+        _update_connection(hook.mirakl_conn_id, {}, remove=("refresh_token",))
+    provider.store.forget(provider.key)
+    after = hook.token_provider(ledger=ledger)  # the origin the connection now gives its tokens
+    with after.store.locked(after.key) as slot:
+        slot.needs_reconnect(NOT_CONNECTED, after.origin)
+    return {"auth_mode": f"oauth_{provider.grant}", "revoked": revoked, "removed_from_connection": removed,
+            "note": None if removed or conn is not None else (
+                f"the connection {hook.mirakl_conn_id!r} is not in Airflow's database, so its refresh token could "
+                "not be removed from it; it is revoked at Mirakl and no longer works")}
+
+
+def clear_not_connected(hook: Any, ledger: Any) -> bool:
+    """Before a reconnect's verify: lift the "not connected" mark a disconnect left (a client-credentials
+    connection then fetches a token again; a seller's grant still needs Connect to Mirakl)."""
+    provider = hook.token_provider(ledger=ledger)
+    if provider is None:
+        return False
+    peek = provider.store.peek(provider.key) or {}
+    if peek.get("reason") != NOT_CONNECTED:
+        return False
+    provider.store.forget(provider.key)
+    return True
+
+
 def mark_disconnecting(ledger: Any, marketplace: str, policy: str) -> dict[str, Any]:
     return _set_connection(ledger, marketplace, status="disconnecting", offers_policy=policy)
 

@@ -101,7 +101,9 @@ class MiraklHook(BaseHook):
     ``oauth_authorization_code`` (client id = login, client secret = password, ``refresh_token``
     extra written by Connect to Mirakl) or ``oauth_client_credentials`` (client id and secret).
     ``token_url``, ``authorize_url``, ``revoke_url``, ``scope`` and ``audience`` extras point at
-    Mirakl's authentication system (https://auth.mirakl.net by default).
+    Mirakl's authentication system (https://auth.mirakl.net by default). Only the token endpoint is
+    in Mirakl's public documents; the authorize and revoke defaults are RFC 6749/7009 names at the
+    same host (see ``clients/oauth.py``): set the addresses Mirakl gives you with your client id.
     """
 
     conn_name_attr = "mirakl_conn_id"

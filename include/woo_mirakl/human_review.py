@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Mapping
+from urllib.parse import quote
 
 from include.woo_mirakl.clients.mirakl_models import Order, parse_datetime
 from include.woo_mirakl.config import Marketplace
@@ -28,6 +29,7 @@ from include.woo_mirakl.config import Marketplace
 WAITING = "WAITING_ACCEPTANCE"
 KIND_REQUEST = "human.review.request"
 KIND_DECISION = "human.review"
+KIND_NOTICE = "human.review.notice"
 PENDING, DECIDED, LEFT, TOO_LATE = "pending", "decided", "left_to_mirakl", "too_late"
 
 # The options of the required action (its labels are what people click).
@@ -209,6 +211,55 @@ def review_form(record: Any, marketplace: Marketplace) -> tuple[str, str, dict[s
     ) if due else ""
     subject = f"Accept or refuse Mirakl order {order.order_id} ({marketplace.name})"
     return subject, body, params
+
+
+def required_action_link(base_url: str | None, dag_id: str, run_id: str, task_id: str, map_index: int) -> str | None:
+    """The Airflow UI page of one required action (the path Airflow's HITLOperator links to),
+    under ``base_url`` with its path kept (an Airflow served under /airflow stays there)."""
+    if not base_url:
+        return None
+    return (f"{base_url.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe=':+')}/tasks/"
+            f"{quote(task_id, safe='')}/required_actions?map_index={int(map_index)}")
+
+
+def required_action_notice(record: Any, marketplace: Marketplace, link: str | None) -> tuple[str, str]:
+    """Subject and body of the message telling ops that an order waits for a person."""
+    order_id = record.mirakl_order_id
+    due = decision_due(record, marketplace)
+    reasons = ((record.detail or {}).get("review") or {}).get("reasons") or []
+    default = OPTION_LABELS[TIMEOUT_OPTION[marketplace.human_review.timeout_default]]
+    subject = f"[woo-mirakl] Mirakl order {order_id} waits for a decision ({marketplace.name})"
+    body = (
+        f"Mirakl order {order_id} on marketplace {marketplace.name} needs a person to accept or refuse it.\n"
+        f"Why: {'; '.join(reasons) or 'no reason recorded'}\n"
+        f"Decide before: {due:%Y-%m-%d %H:%M} UTC (Mirakl's deadline: {record.acceptance_deadline:%Y-%m-%d %H:%M} UTC)\n"
+        f"Without an answer: {default}\n"
+        f"Required action: {link or 'Browse → Required Actions in Airflow (set [api] base_url for a direct link)'}\n"
+    )
+    return subject, body
+
+
+def notify_required_action(ledger: Any, marketplace: Marketplace, record: Any, link: str | None,
+                           send: Callable[[str, str], Any]) -> dict[str, Any] | None:
+    """Tell ops once per order (a ledger action, recorded before and after) that it waits for a person.
+
+    ``send(subject, body)`` returns a :class:`~include.woo_mirakl.alerts.Delivery`. Returns what was
+    sent, or None when an earlier attempt already told them. When every configured channel failed,
+    the action stays retryable, so a retry of the task tells them then.
+    """
+    mp, order_id = marketplace.name, record.mirakl_order_id
+    key = f"{mp}:{KIND_NOTICE}:{order_id}"
+    action = ledger.begin_action(key, KIND_NOTICE, order_id, {"order_id": order_id}, mp)
+    if action.state == "done":
+        return None
+    subject, body = required_action_notice(record, marketplace, link)
+    delivery = send(subject, body)
+    outcome = {"email": delivery.email, "slack": delivery.slack, "link": link}
+    if not delivery.delivered and False in (delivery.email, delivery.slack):
+        ledger.fail_action(key, "no alert channel delivered the notice", retryable=True)
+    else:
+        ledger.complete_action(key, outcome)
+    return outcome
 
 
 def record_decision(ledger: Any, marketplace: Marketplace, order_id: str, option: str,

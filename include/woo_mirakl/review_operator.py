@@ -51,7 +51,20 @@ class OrderReviewOperator(HITLOperator):
         self.subject, self.body, params = hr.review_form(record, marketplace)
         self.params = ParamsDict({name: _param(spec) for name, spec in params.items()})
         self.response_timeout = due - now
+        # called by HITLOperator once the required action exists, just before the task waits
+        self.notifiers = [lambda ctx: self._notify(ctx, ledger, marketplace, record)]
         return super().execute(context)
+
+    def _notify(self, context: Any, ledger: Any, marketplace: Any, record: Any) -> None:
+        from airflow.configuration import conf
+
+        from include.woo_mirakl.alerts import send_alert
+
+        ti = context["task_instance"]
+        link = hr.required_action_link(conf.get("api", "base_url", fallback=None), ti.dag_id, ti.run_id,
+                                       ti.task_id, ti.map_index)
+        hr.notify_required_action(ledger, marketplace, record, link,
+                                  lambda subject, body: send_alert(subject, body, context))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from include.woo_mirakl.config import get_marketplace

@@ -64,3 +64,45 @@ def test_orders_flow_on_bearer_tokens_renewed_when_mirakl_expires_them(sandbox, 
     with sandbox.lock:
         assert sandbox.mirakl.order(order_id)["order_state"] in ("WAITING_DEBIT", "WAITING_DEBIT_PAYMENT")
     assert sandbox.auth.issued["refresh_token"] == renewals + 1  # every task of both runs, one renewal
+
+
+def test_disconnect_revokes_the_authorization_and_verify_then_says_not_connected(sandbox, ledger, oauth_connection):
+    """Last in the module: the marketplace ends disconnected, its grant revoked at Mirakl."""
+    from sqlalchemy import select
+
+    from include.woo_mirakl.account import revoke_mirakl_authorization
+    from include.woo_mirakl.clients.oauth import OAuthError
+    from include.woo_mirakl.hooks import MiraklHook
+    from include.woo_mirakl.ledger.oauth_tokens import oauth_tokens
+    from tests.e2e.test_account import task_states, unpause_flows
+
+    conf = {"action": "disconnect", "offers_policy": "keep", "confirmation": "Disconnect", "dry_run": False}
+    try:
+        run = run_dag("mirakl_account__sandbox", conf)
+        assert run.state == "success", task_states(run)
+        revocations = sandbox.log.entries("auth", "auth.revoke")
+        # the refresh token the connection holds, its rotated successor and the access token
+        assert len(revocations) == 3, revocations
+        [grant] = [g for g in sandbox.auth.grants.values() if g.user == "seller@example.com"]
+        assert grant.revoked
+        with pytest.raises(OAuthError) as refused:  # the refresh token no longer works at Mirakl
+            MiraklHook("mirakl_sandbox").oauth_endpoint().refresh(oauth_connection)
+        assert refused.value.error == "invalid_grant"
+        with ledger.session(write=False) as s, s.begin():
+            [row] = s.execute(select(oauth_tokens)).mappings().all()
+        assert row["sealed"] is None and row["status"] == "reconnect_required"
+        actions = ledger.actions_for_target("oauth_revoke", "mirakl_sandbox")  # recorded before and after
+        assert [a.state for a in actions] == ["done"] * 3
+
+        run = run_dag("mirakl_account__sandbox", {"action": "verify"})
+        assert run.state == "failed"
+        checks = {c["key"]: c for c in ledger.get_cursor("mirakl_account", "sandbox", "last_verify")["checks"]}
+        assert checks["mirakl.auth"]["status"] == "failed"
+        assert "not connected" in checks["mirakl.auth"]["message"], checks["mirakl.auth"]
+        assert checks["mirakl.shop"]["status"] == "skipped"
+
+        # ending it again (a re-run after a later step failed) sends no revocation twice
+        again = revoke_mirakl_authorization(MiraklHook("mirakl_sandbox"), ledger, "sandbox")
+        assert again["revoked"] == 1 and len(sandbox.log.entries("auth", "auth.revoke")) == len(revocations)
+    finally:
+        unpause_flows()

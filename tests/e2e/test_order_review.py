@@ -182,7 +182,7 @@ def line_ids(ledger, order_id) -> list[str]:
 
 
 def test_rules_flag_orders_a_person_decides_per_line_through_the_api_and_or21_matches(
-        sandbox, ledger, catalogue, review_rules, api):
+        sandbox, ledger, catalogue, review_rules, api, alert_env, mail_sink, slack_sink, monkeypatch):
     cheap = place(sandbox, [{"offer_sku": "REV-A", "quantity": 1, "price": 10.0},
                             {"offer_sku": "REV-B", "quantity": 1}], 0)
     backorder = place(sandbox, [{"offer_sku": "REV-B", "quantity": 3}], 1)
@@ -217,8 +217,11 @@ def test_rules_flag_orders_a_person_decides_per_line_through_the_api_and_or21_ma
         assert again.status_code == 409  # one answer per required action
         return [run_id]
 
+    # the api-server started without it: only the task's links use it (and keep its path)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/ops")
     run, _ = run_review_answering(alice)
     assert run.state == "success"
+    assert_ops_told_once_per_order(ledger, mail_sink, slack_sink, run.run_id, {cheap, backorder})
     record = ledger.get_order("sandbox", cheap)
     assert record.decision == "partially"
     assert record.detail["review"]["by"] == "alice" and record.detail["review"]["timed_out"] is False
@@ -238,6 +241,37 @@ def test_rules_flag_orders_a_person_decides_per_line_through_the_api_and_or21_ma
     assert sandbox.log.count("mirakl", "OR21") - before == 2  # once per order
     assert ledger.get_order("sandbox", cheap).woo_order_id is not None
     assert ledger.get_order("sandbox", backorder).detail["review"]["by"] == "admin"
+
+
+def assert_ops_told_once_per_order(ledger, mail_sink, slack_sink, run_id: str, orders: set[str]) -> None:
+    """One e-mail and one Slack message per order: its id, the decision deadline, the required action's link."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from include.woo_mirakl.config import get_marketplace
+    from include.woo_mirakl.human_review import decision_due, notify_required_action
+
+    with create_session() as session:
+        map_index = {ti.rendered_map_index: ti.map_index for ti in session.scalars(select(TaskInstance).where(
+            TaskInstance.dag_id == REVIEW, TaskInstance.run_id == run_id, TaskInstance.task_id == "decide"))}
+    marketplace = get_marketplace("sandbox")
+    mails = [m for m in mail_sink.messages if "waits for a decision" in m["subject"]]
+    texts = [t for t in slack_sink.texts() if "waits for a decision" in t]
+    assert len(mails) == len(texts) == len(orders), ([m["subject"] for m in mails], texts)
+    for order_id in orders:
+        due = decision_due(ledger.get_order("sandbox", order_id), marketplace)
+        link = (f"https://airflow.example.com/ops/dags/{REVIEW}/runs/{run_id}/tasks/decide/required_actions"
+                f"?map_index={map_index[order_id]}")
+        [mail] = [m for m in mails if order_id in m["subject"]]
+        [text] = [t for t in texts if order_id in t]
+        body = mail.get_body(preferencelist=("html", "plain")).get_content()
+        assert mail["To"] == "ops@example.com"
+        for message in (body, text):
+            assert f"Decide before: {due:%Y-%m-%d %H:%M} UTC" in message and link in message, message
+    # asked again for the same order (a retried task), nobody is told twice
+    record = ledger.get_order("sandbox", sorted(orders)[0])
+    assert notify_required_action(ledger, marketplace, record, "x", lambda *_: pytest.fail("sent twice")) is None
 
 
 def test_nobody_answers_and_airflow_applies_the_default_before_the_deadline(

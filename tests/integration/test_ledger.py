@@ -12,10 +12,9 @@ import secrets
 import traceback
 from decimal import Decimal
 
-import psycopg2
 import pytest
 from airflow.sdk import Connection
-from sqlalchemy import URL, event, func, make_url, select
+from sqlalchemy import event, func, make_url, select
 from sqlalchemy.orm import configure_mappers
 
 from include.woo_mirakl.ledger import (
@@ -36,7 +35,6 @@ from include.woo_mirakl.ledger.models import CallBudgetCall, SchemaVersion
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 SECRET = "Sup3r-Secret-Pw"
 MP = "sandbox"
 FORK = multiprocessing.get_context("fork")
@@ -53,46 +51,6 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self.now += dt.timedelta(**delta)
-
-
-@pytest.fixture(scope="module")
-def pg_ledger_url():
-    """A factory of empty ledgers in one throw-away PostgreSQL database, dropped at the end.
-
-    Each ledger is its own schema (via search_path): far cheaper than a database per test.
-    """
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {PG['host']}:{PG['port']} is unreachable ({str(exc).strip()}); CI starts it")
-    admin.autocommit = True
-    database = f"ledger_test_{secrets.token_hex(6)}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{database}"')
-    base = URL.create("postgresql+psycopg2", username=PG["user"], host=PG["host"], port=PG["port"], database=database)
-
-    def new_ledger_url() -> URL:
-        schema = f"ledger_{secrets.token_hex(6)}"
-        with psycopg2.connect(dbname=database, **PG) as conn, conn.cursor() as cur:
-            cur.execute(f'CREATE SCHEMA "{schema}"')
-        conn.close()
-        return base.set(query={"options": f"-csearch_path={schema}"})
-
-    yield new_ledger_url
-    dispose_engines()
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    admin.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_url(request, tmp_path):
-    """A fresh, empty ledger database (no schema yet) on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/ledger.db"
-    else:
-        yield request.getfixturevalue("pg_ledger_url")().render_as_string(hide_password=False)
-    dispose_engines()
 
 
 @pytest.fixture

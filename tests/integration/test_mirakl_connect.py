@@ -212,3 +212,29 @@ def test_a_seller_with_several_stores_is_asked_which_one(sandbox, app):
     finally:
         with sandbox.lock:
             user.stores.pop()
+
+
+def test_disconnecting_revokes_the_tokens_and_removes_the_refresh_token_from_the_connection(sandbox, app):
+    """Last: the account flow's disconnect ends the seller's authorization (here on a connection in the DB)."""
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    from include.woo_mirakl.account import revoke_mirakl_authorization
+    from include.woo_mirakl.clients.oauth import ReconnectRequired
+    from include.woo_mirakl.hooks import MiraklHook
+    from include.woo_mirakl.ledger import get_ledger
+
+    if "refresh_token" not in MiraklHook(CONN_ID).get_connection(CONN_ID).extra_dejson:  # run alone
+        reply = app.get(seller(sandbox, _start(app)).removeprefix(BASE), headers=token())
+        assert reply.status_code == 200, reply.text
+    MiraklHook(CONN_ID).get_client().offers_count()  # a working token first
+    before = len(sandbox.log.entries("auth", "auth.revoke"))
+    outcome = revoke_mirakl_authorization(MiraklHook(CONN_ID), get_ledger(), "sandbox")
+    assert outcome["removed_from_connection"] is True and outcome["revoked"] >= 2
+    assert len(sandbox.log.entries("auth", "auth.revoke")) - before == outcome["revoked"]
+    with create_session() as session:
+        assert "refresh_token" not in session.query(Connection).filter(Connection.conn_id == CONN_ID).one().extra_dejson
+    with pytest.raises(ReconnectRequired, match="not connected"):
+        MiraklHook(CONN_ID).get_client().offers_count()
+    listing = app.get("/woo-mirakl-connect/", headers=token())
+    assert "not connected" in listing.text and "Connect to Mirakl" in listing.text

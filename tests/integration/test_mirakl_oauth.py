@@ -28,7 +28,6 @@ from include.woo_mirakl.clients.oauth import (
 )
 from include.woo_mirakl.ledger import Ledger, dispose_engines
 from include.woo_mirakl.ledger.oauth_tokens import LedgerTokenStore
-from tests.integration.test_ledger import pg_ledger_url  # noqa: F401  (the PostgreSQL fixture, by name)
 
 FORK = multiprocessing.get_context("fork")
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, timeout=10, connect_timeout=5)
@@ -42,15 +41,6 @@ def sandbox():
     sb.auth.client().redirect_uris = [REDIRECT]
     yield sb
     sb.stop()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/ledger.db"
-    else:
-        yield request.getfixturevalue("pg_ledger_url")().render_as_string(hide_password=False)
-    dispose_engines()
 
 
 def _settings(sandbox, grant: str, secret: str | None = None) -> OAuthSettings:

@@ -26,12 +26,25 @@ from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, R
 
 log = logging.getLogger(__name__)
 
+# What Mirakl documents (developer.mirakl.com, read 2026-12):
+# - Mirakl Connect, developer guide "Authentication" (/content/product/connect-channel-platform/
+#   developer-guide/authentication): POST https://auth.mirakl.net/oauth/token, Content-Type
+#   application/x-www-form-urlencoded, grant_type=client_credentials, client_id and client_secret in the
+#   body, all mandatory; the answer has token_type "Bearer", access_token, expires_in (3599 in the example),
+#   target_app, resource_owner; renew "a few minutes before the expires_in value"; calls send
+#   "Authorization: Bearer <access-token>". Guide "Authorization" (same folder): a call without a valid,
+#   unexpired token is refused with 401.
+# - "MAS OAuth 2 documentation" (/static/doc/mirakl-authentication-system/mas-oauth2-documentation.pdf):
+#   integrators use the OAuth 2 Authorization Code protocol with a client id and secret Mirakl creates for
+#   them and redirect URIs they register with Mirakl (several allowed, e.g. with a tenant in the query).
+# The public text names neither the authorize page nor a revocation endpoint, nor the code-exchange and
+# refresh parameters: those follow RFC 6749 (authorization_code, refresh_token at the same token endpoint)
+# and RFC 7009 (token=...) at the same host, and every address is a connection setting (token_url,
+# authorize_url, revoke_url extras) for when Mirakl gives you others with your client id.
 MIRAKL_AUTH = "https://auth.mirakl.net"
-DEFAULT_TOKEN_URL = f"{MIRAKL_AUTH}/oauth/token"
-# The authorize and revoke paths follow RFC 6749/7009 conventions at the same host: set them in the
-# connection when Mirakl gives you other addresses with your client id.
-DEFAULT_AUTHORIZE_URL = f"{MIRAKL_AUTH}/oauth/authorize"
-DEFAULT_REVOKE_URL = f"{MIRAKL_AUTH}/oauth/revoke"
+DEFAULT_TOKEN_URL = f"{MIRAKL_AUTH}/oauth/token"  # documented
+DEFAULT_AUTHORIZE_URL = f"{MIRAKL_AUTH}/oauth/authorize"  # not documented publicly: RFC 6749 naming
+DEFAULT_REVOKE_URL = f"{MIRAKL_AUTH}/oauth/revoke"  # not documented publicly: RFC 7009 naming
 REFRESH_MARGIN = timedelta(minutes=5)  # "a few minutes before the expires_in value"
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -207,6 +220,7 @@ class TokenStore(Protocol):
 
     def locked(self, key: str) -> Any: ...  # a context manager yielding a TokenSlot
     def peek(self, key: str) -> dict[str, Any] | None: ...  # status without secrets
+    def forget(self, key: str) -> None: ...  # drop the key's token (disconnect)
 
 
 @dataclass
@@ -240,11 +254,16 @@ class MemoryTokenStore:
         with self._lock:
             yield self._slots.setdefault(key, _MemorySlot())
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._slots.pop(key, None)
+
     def peek(self, key: str) -> dict[str, Any] | None:
         slot = self._slots.get(key)
-        if slot is None or slot.token is None:
+        if slot is None:
             return None
-        return {"expires_at": slot.token.expires_at, "status": slot.status, "reason": slot.reason}
+        return {"expires_at": slot.token.expires_at if slot.token else None, "status": slot.status,
+                "reason": slot.reason}
 
 
 class TokenProvider:
@@ -276,6 +295,11 @@ class TokenProvider:
 
     def __repr__(self) -> str:
         return f"TokenProvider({self.key!r}, {self.grant})"
+
+    @property
+    def origin_refresh_token(self) -> str | None:
+        """The refresh token the connection holds (a disconnect revokes it)."""
+        return self._origin_refresh
 
     @property
     def expires_at(self) -> datetime | None:
@@ -325,7 +349,7 @@ class TokenProvider:
             return self.endpoint.client_credentials()
         refresh_token = (current.refresh_token if current else None) or self._origin_refresh
         if not refresh_token:
-            raise OAuthError("token", 400, "invalid_grant", "no refresh token: the connection was never connected")
+            raise OAuthError("token", 400, "invalid_grant", "not connected: the connection holds no refresh token (use Connect to Mirakl)")
         token = self.endpoint.refresh(refresh_token)
         if token.refresh_token is None:  # servers that do not rotate keep the old one valid
             token = Token(token.access_token, token.expires_at, refresh_token, token.scope)
