@@ -936,7 +936,7 @@ def _follow_deletes(client: MiraklClient, skus: set[str], wait: float, sleep: Ca
 
 # ---- disconnect: ending the OAuth authorization --------------------------------------------------
 
-NOT_CONNECTED = "not connected: the marketplace was disconnected; connect it again (Connect to Mirakl)"
+NOT_CONNECTED = "not connected: the marketplace was disconnected, connect it again with Connect to Mirakl"
 
 
 def revoke_mirakl_authorization(hook: Any, ledger: Any, marketplace: str) -> dict[str, Any]:
