@@ -79,8 +79,11 @@ class WriteResult:
 
     @property
     def persistent(self) -> bool:
-        """Not done after :data:`PERSISTENT_AFTER` attempts: an exception on its record, still retried."""
-        return self.status in (RETRY, UNCERTAIN) and self.action.attempts >= PERSISTENT_AFTER
+        """Not done after :data:`PERSISTENT_AFTER` attempts: an exception on its record, still retried.
+
+        A call budget used up is not the record's failure: it is only deferred."""
+        return (self.status in (RETRY, UNCERTAIN) and self.action.attempts >= PERSISTENT_AFTER
+                and not isinstance(self.exception, BudgetExceeded))
 
 
 class Writer:
