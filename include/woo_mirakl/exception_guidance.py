@@ -29,7 +29,7 @@ GUIDANCE: dict[str, tuple[str, str]] = {
     "shipment_overdue": ("Order {key} is past its shipping deadline and not shipped.",
                          "Ship it (or cancel it) in WooCommerce; late shipments hurt the shop's Mirakl rating."),
     "tracking_failed": ("Mirakl refused the tracking of order {key}: {error}.", "Correct the tracking number or carrier in WooCommerce."),
-    "refund_refused": ("Mirakl refused the refund of order {key}: {error}.", "Refund it in the Mirakl back-office and note it on the WooCommerce order."),
+    "refund_refused": ("Mirakl refused WooCommerce refund {key} (Mirakl order {order_id}): {error}.", "Refund it in the Mirakl back-office and note it on the WooCommerce order."),
     "refund_failed": ("WooCommerce refund {key} has not reached Mirakl yet: {message}.",
                       "It is tried again every cycle; if it stays, check the order in both back-offices."),
     "shipment_failed": ("The shipment of order {key} is not confirmed on Mirakl: {message}.",
@@ -73,6 +73,8 @@ def guidance(kind: str, key: str, detail: Mapping[str, Any] | None) -> dict[str,
     detail = dict(detail or {})
     fields = _Defaulting({k: _flat(v) for k, v in detail.items()})
     fields.update(key=key, sku=sku_of(key), kind_words=kind.replace("_", " ").capitalize())
+    if "error" not in detail and "message" in detail:  # the flows record the reason as either
+        fields["error"] = _flat(detail["message"])
     if kind == "task_failure":
         fields["flow"] = key.split("__")[0]
         match = re.search(r"^Error: (.+)$", str(detail.get("body", "")), re.M)
