@@ -152,11 +152,16 @@ def build(marketplace: Marketplace) -> None:
         _skip_unless("disconnect")
         request = _request()
         ledger = get_ledger()
-        client = MiraklHook(marketplace.mirakl_conn_id).get_client()
-        offers = [account.OfferRef.from_offer(o) for o in client.iter_offers()]
         listing = account.list_flows_to_pause(marketplace.name)
-        plan = account.plan_disconnect(marketplace.name, request.offers_policy, offers,
-                                       account.open_orders_from_ledger(ledger, marketplace.name), list(listing.flows))
+        # A re-run (after a later step failed) keeps the first run's plan: no offer listing, which a
+        # revoked authorization could no longer make.
+        plan = None if request.dry_run else account.stored_plan(ledger, marketplace.name, request.offers_policy)
+        if plan is None:
+            client = MiraklHook(marketplace.mirakl_conn_id).get_client()
+            offers = [account.OfferRef.from_offer(o) for o in client.iter_offers()]
+            plan = account.plan_disconnect(marketplace.name, request.offers_policy, offers,
+                                           account.open_orders_from_ledger(ledger, marketplace.name),
+                                           list(listing.flows))
         if not request.dry_run:
             plan = account.freeze_plan(ledger, plan)
             account.mark_disconnecting(ledger, marketplace.name, plan.policy)

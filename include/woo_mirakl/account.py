@@ -597,24 +597,32 @@ def _set_connection(ledger: Any, marketplace: str, **changes: Any) -> dict[str, 
     return state
 
 
+def _plan_cursor(ledger: Any, marketplace: str, policy: str) -> str:
+    generation = connection_state(ledger, marketplace)["generation"]
+    return f"disconnect_plan:g{generation}:{policy}"
+
+
+def stored_plan(ledger: Any, marketplace: str, policy: str) -> DisconnectPlan | None:
+    """The plan frozen by an earlier real run of this generation and policy, if any."""
+    stored = ledger.get_cursor(FLOW, marketplace, _plan_cursor(ledger, marketplace, policy))
+    return DisconnectPlan.from_state(marketplace, stored) if stored else None
+
+
 def freeze_plan(ledger: Any, plan: DisconnectPlan) -> DisconnectPlan:
     """The plan of the first real run of this generation and policy; later runs reuse it, so their
     requests (and idempotency keys) are the same and nothing already sent is sent again."""
-    generation = connection_state(ledger, plan.marketplace)["generation"]
-    name = f"disconnect_plan:g{generation}:{plan.policy}"
-    stored = ledger.get_cursor(FLOW, plan.marketplace, name)
-    if stored:
-        return DisconnectPlan.from_state(plan.marketplace, stored)
-    ledger.set_cursor(FLOW, plan.marketplace, name, plan.to_state())
+    stored = stored_plan(ledger, plan.marketplace, plan.policy)
+    if stored is not None:
+        return stored
+    ledger.set_cursor(FLOW, plan.marketplace, _plan_cursor(ledger, plan.marketplace, plan.policy), plan.to_state())
     return plan
 
 
 def load_frozen_plan(ledger: Any, marketplace: str, policy: str) -> DisconnectPlan:
-    generation = connection_state(ledger, marketplace)["generation"]
-    stored = ledger.get_cursor(FLOW, marketplace, f"disconnect_plan:g{generation}:{policy}")
-    if not stored:
+    plan = stored_plan(ledger, marketplace, policy)
+    if plan is None:
         raise RuntimeError(f"no disconnect plan for {marketplace!r} ({policy}) in the ledger: run plan_disconnect first")
-    return DisconnectPlan.from_state(marketplace, stored)
+    return plan
 
 
 # ---- disconnect: pausing the flows --------------------------------------------------------------

@@ -101,7 +101,13 @@ def test_disconnect_revokes_the_authorization_and_verify_then_says_not_connected
         assert "not connected" in checks["mirakl.auth"]["message"], checks["mirakl.auth"]
         assert checks["mirakl.shop"]["status"] == "skipped"
 
-        # ending it again (a re-run after a later step failed) sends no revocation twice
+        # the whole disconnect run again (as after a later step failed): green, nothing sent twice,
+        # no offer listing with the revoked authorization
+        mirakl_calls = len(sandbox.log.entries("mirakl"))
+        run = run_dag("mirakl_account__sandbox", conf)
+        assert run.state == "success", task_states(run)
+        assert len(sandbox.log.entries("auth", "auth.revoke")) == len(revocations)
+        assert len(sandbox.log.entries("mirakl")) == mirakl_calls
         again = revoke_mirakl_authorization(MiraklHook("mirakl_sandbox"), ledger, "sandbox")
         assert again["revoked"] == 1 and len(sandbox.log.entries("auth", "auth.revoke")) == len(revocations)
     finally:
