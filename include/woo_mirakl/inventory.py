@@ -22,6 +22,12 @@ One cycle (every minute, one at a time) has two steps:
     shared with the order ingest; a cycle without one only lowers offers, never above what
     Mirakl holds (see :mod:`include.woo_mirakl.unseen_demand`).
 
+One record's failure stays with it: a variable product whose variations cannot be read is an
+exception on that product (its offers are left alone and it is read again next cycle), and an
+import whose status or report keeps failing is given up on after a few cycles (its lines are
+sent again with the values due then) without holding up the others. Only refused credentials
+or an unreachable API fail the task. STO01/PRI01 go through :mod:`include.woo_mirakl.writes`.
+
 Mirakl's ceilings are never exceeded: every call asks the call budget kept in the ledger.
 A cycle that comes too early (a manual trigger, a retry) *coalesces*: it sends nothing,
 leaves its cursors where they were, and the next allowed cycle sends everything. Cursors
