@@ -22,6 +22,13 @@ quantity, and later updates carry the quantity the ledger says Mirakl holds, nev
 Every call asks the ledger's call budget (OF24 once a minute, P41 every 15 minutes): a cycle
 that comes too early sends nothing and the next one sends it all. A SKU with an import in
 flight is not sent again, and an offer Mirakl refused is sent again only once it changed.
+
+Writes (OF24, P41) go through the shared write path (:mod:`include.woo_mirakl.writes`). One
+record's failure stays with it: a variable product whose variations cannot be read (404, 403,
+persistent 5xx) is an exception on that product, and the cycle retires nothing it could not see;
+an import whose status or report keeps failing is given up on after a few cycles (its complete
+offers are sent again) without holding up the others. Only refused credentials or an
+unreachable API fail the task.
 """
 from __future__ import annotations
 
@@ -485,8 +492,8 @@ class CataloguePublish:
             if sent.get("update_delete") == "delete":
                 landed = found is None
             else:
-                landed = (found is not None and found.price is not None
-                          and float(found.price) == float(sent.get("price") or -1))
+                landed = (found is not None and found.price is not None and sent.get("price") is not None
+                          and Decimal(str(found.price)) == Decimal(str(sent["price"])))
             if not landed:
                 missing.add(sku)
         return BatchOutcome(retry=frozenset(missing))

@@ -22,6 +22,12 @@ One cycle (every minute, one at a time) has two steps:
     shared with the order ingest; a cycle without one only lowers offers, never above what
     Mirakl holds (see :mod:`include.woo_mirakl.unseen_demand`).
 
+One record's failure stays with it: a variable product whose variations cannot be read is an
+exception on that product (its offers are left alone and it is read again next cycle), and an
+import whose status or report keeps failing is given up on after a few cycles (its lines are
+sent again with the values due then) without holding up the others. Only refused credentials
+or an unreachable API fail the task. STO01/PRI01 go through :mod:`include.woo_mirakl.writes`.
+
 Mirakl's ceilings are never exceeded: every call asks the call budget kept in the ledger.
 A cycle that comes too early (a manual trigger, a retry) *coalesces*: it sends nothing,
 leaves its cursors where they were, and the next allowed cycle sends everything. Cursors
@@ -372,6 +378,7 @@ class InventoryPush:
                 self._set_cursor(name, value)
         self._set_cursor("demand", demand)
         self._set_cursor("held_back", sorted(plan.held_back))
+        self._set_cursor("unsure", {})  # every unsure line was sent again (or its SKU is gone)
         self._set_cursor("unread_parents", sorted(plan.unread_parents))
         if full:  # every product was listed: what is still open is what failed now
             self.ledger.resolve_missing(PRODUCT_UNREADABLE, self.name, {str(p) for p in plan.unread_parents})
@@ -489,6 +496,7 @@ class InventoryPush:
                       if demand.get(sku, 0) != previous_demand.get(sku, 0))
         wanted.update(self._skus_to_retry())
         wanted.update(self._cursor("held_back", []) or [])
+        wanted.update(sku for skus in (self._cursor("unsure", {}) or {}).values() for sku in skus)
         for item in self._items_by_sku(wanted - set(items)):
             self._collect(item, items, no_sku)
         # A pool's demand is its variations' together: read the siblings of any pool member seen.
@@ -611,6 +619,7 @@ class InventoryPush:
         """Add to the plan every line whose value differs from what Mirakl holds (or is getting)."""
         items = list(items)
         targets = offer_targets(items, self.marketplace, demand)  # a shared pool is split: see there
+        unsure = (self._cursor("unsure", {}) or {}) if mirakl is None else {}  # see _submit
         for item in items:
             plan.examined += 1
             target = targets[item.sku]
@@ -622,9 +631,13 @@ class InventoryPush:
                                       known.pending_price if known else None)
                 self._heal(plan, target, record, quantity, price)
             quantity = quantity_to_send(target, known)
+            if quantity is None and item.sku in unsure.get("stock", ()):
+                quantity = target.quantity
             if quantity is not None:
                 plan.stock[item.sku] = quantity
             price = price_to_send(target, known)
+            if price is None and item.sku in unsure.get("price", ()):
+                price = target.price
             if price is not None:
                 plan.prices[item.sku] = price
 
@@ -769,7 +782,7 @@ class InventoryPush:
         reasons = []
         if plan.stock:
             lines = [StockLine(sku, quantity) for sku, quantity in plan.stock.items()]
-            import_id, reason = self._submit("STO01", plan.stock, lines, self.mirakl.import_stock)
+            import_id, reason = self._submit("STO01", "stock", plan.stock, lines, self.mirakl.import_stock)
             if import_id:
                 self.ledger.mark_offers_pushed(self.name, import_id, quantities=plan.stock)
                 self._remember_import("stock", import_id)
@@ -778,7 +791,7 @@ class InventoryPush:
                 reasons.append(reason)
         if plan.prices:
             lines = [PriceLine(sku, price) for sku, price in plan.prices.items()]
-            import_id, reason = self._submit("PRI01", plan.prices, lines, self.mirakl.import_prices)
+            import_id, reason = self._submit("PRI01", "price", plan.prices, lines, self.mirakl.import_prices)
             if import_id:
                 self.ledger.mark_offers_pushed(self.name, import_id, prices=plan.prices)
                 self._remember_import("price", import_id)
@@ -788,14 +801,16 @@ class InventoryPush:
         return sent, "; ".join(reasons) or None
 
     def _submit(
-        self, operation: str, values: Mapping[str, Any], lines: list, upload: Callable[[list], str]
+        self, operation: str, kind: str, values: Mapping[str, Any], lines: list, upload: Callable[[list], str]
     ) -> tuple[str | None, str | None]:
         """One file upload through the shared write path; transient failures defer, never fail the task.
 
         Each cycle's file is an action of its own (keyed by the cycle's time and content). An upload
         of unknown outcome is never replayed: the next cycle sends what is due *then*, an absolute
         quantity or price per line, so a file that did land is overwritten with newer values, not
-        repeated stale ones. A file refused for good (4xx) concerns every line in it: the task fails.
+        repeated stale ones, and its lines are *unsure*: the ledger cannot tell what Mirakl holds, so
+        they are sent again even when the value due went back to the one last accepted. A file
+        refused for good (4xx) concerns every line in it: the task fails.
         """
         digest = hashlib.sha256("\n".join(f"{sku};{values[sku]}" for sku in sorted(values)).encode()).hexdigest()
         result = self.writer.write(Write(
@@ -806,6 +821,8 @@ class InventoryPush:
         if result.status == DONE:
             return (result.outcome or {}).get("import_id"), None
         if result.status == UNCERTAIN:
+            unsure = self._cursor("unsure", {}) or {}
+            self._set_cursor("unsure", {**unsure, kind: sorted(set(unsure.get(kind, [])) | set(values))})
             return None, f"{operation} outcome unknown ({result.error}); the next cycle sends what is due then"
         if result.status == RETRY:
             if isinstance(result.exception, BudgetExceeded):

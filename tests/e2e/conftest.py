@@ -144,6 +144,28 @@ def blind_write_retry(monkeypatch):
     monkeypatch.setattr(HttpClient, "request", blind)
 
 
+def assert_within_ceilings(sandbox) -> dict[tuple[str, str | None], list]:
+    """No Mirakl call in the sandbox's log broke the spec or a published ceiling; returns the calls
+    by (operation, variant) (OF52's full and differential exports have ceilings of their own)."""
+    from collections import defaultdict
+    from datetime import datetime
+
+    from include.woo_mirakl.budgets import default_limits
+
+    limits = default_limits()
+    calls: dict[tuple[str, str | None], list[datetime]] = defaultdict(list)
+    for entry in sandbox.log.entries("mirakl"):
+        assert entry["violations"] == [], entry
+        calls[(entry["operation"], entry.get("variant"))].append(
+            datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
+    for (operation, variant), times in calls.items():
+        for max_calls, window in limits.windows(operation, variant):
+            for i, start in enumerate(times):
+                inside = [t for t in times[i:] if (t - start).total_seconds() < window]
+                assert len(inside) <= max_calls, (operation, max_calls, window, inside)
+    return calls
+
+
 def advance(sandbox, ledger, seconds: float) -> None:
     """Let simulated time pass for both the sandbox and the call budgets in the ledger."""
     sandbox.clock.advance(seconds)

@@ -6,15 +6,13 @@ cycle is one DAG run followed by one minute of simulated time.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import advance, run_dag
+from tests.e2e.conftest import advance, assert_within_ceilings, run_dag
 
 DAG_ID = "mirakl_inventory_push__sandbox"
 MARKETPLACE = "sandbox"
@@ -264,19 +262,6 @@ def test_429_and_5xx_from_either_side_complete_later_without_double_pushes_or_lo
 
 
 def test_the_call_log_shows_no_ceiling_exceeded_and_no_spec_violation(sandbox):
-    from include.woo_mirakl.budgets import default_limits
-
-    limits = default_limits()
-    calls: dict[tuple[str, str | None], list[datetime]] = defaultdict(list)
-    for entry in sandbox.log.entries("mirakl"):
-        assert entry["violations"] == [], entry
-        # OF52's full and differential exports have ceilings of their own
-        calls[(entry["operation"], entry.get("variant"))].append(
-            datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
+    calls = assert_within_ceilings(sandbox)
     assert calls[("STO01", None)] and calls[("STO02", None)] and calls[("PRI01", None)]
     assert calls[("OF52", "full")] and not calls[("OF21", None)]  # the offer export, not page views
-    for (operation, variant), times in calls.items():
-        for max_calls, window in limits.windows(operation, variant):
-            for i, start in enumerate(times):
-                inside = [t for t in times[i:] if (t - start).total_seconds() < window]
-                assert len(inside) <= max_calls, (operation, max_calls, window, inside)

@@ -12,6 +12,7 @@ from include.woo_mirakl.stock import (
     WooItem,
     available_to_promise,
     offer_target,
+    offer_targets,
     parse_price,
     price_to_send,
     quantity_to_send,
@@ -107,3 +108,28 @@ def test_price_delta_compares_decimals_and_skips_unknown_prices():
     assert price_to_send(target, AcceptedOffer(price=Decimal("1"), pending_price=Decimal("22.00"))) is None
     assert price_to_send(OfferTarget("A", 1, None), None) is None
 
+
+
+def pooled(variation_id: int, sku: str, pool: int, **fields) -> WooItem:
+    """A variation whose parent (id 100) manages the stock: WooCommerce reports the pool on it."""
+    return item(id=variation_id, sku=sku, type="variation", parent_id=100, manage_stock="parent",
+                stock_quantity=pool, **fields)
+
+
+@pytest.mark.parametrize("pool, demand, expected", [
+    (13, {}, {"R": 4, "G": 4, "B": 3}),  # 13 − buffer 2 = 11: 3 each, the 2 left to the lowest ids
+    (13, {"B": 3}, {"R": 3, "G": 3, "B": 2}),  # demand on one variation lowers the whole pool
+    (4, {}, {"R": 1, "G": 1, "B": 0}),
+    (2, {"R": 1}, {"R": 0, "G": 0, "B": 0}),
+])
+def test_a_shared_pool_is_split_so_its_offers_never_sum_above_its_atp(pool, demand, expected):
+    items = [pooled(3, "B", pool), pooled(1, "R", pool), pooled(2, "G", pool), item(id=9, sku="S", stock_quantity=6)]
+    targets = offer_targets(items, MARKET, demand)
+    assert {sku: targets[sku].quantity for sku in "RGB"} == expected
+    assert sum(expected.values()) == available_to_promise(pool, sum(demand.values()), MARKET.safety_buffer)
+    assert targets["S"].quantity == 4 and targets["R"].price == Decimal("22.00")  # own stock: as before
+
+
+def test_an_unpublished_variation_takes_no_share_of_its_pool():
+    items = [pooled(1, "R", 8), pooled(2, "G", 8, status="draft")]
+    assert {sku: t.quantity for sku, t in offer_targets(items, MARKET, {}).items()} == {"R": 6, "G": 0}
