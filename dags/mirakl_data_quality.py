@@ -29,7 +29,8 @@ FLOW = "mirakl_data_quality"
 def build(marketplace: Marketplace) -> None:
     name = marketplace.name
 
-    @task(pool="mirakl_api")
+    # The digest right after carries its critical findings: no separate immediate alert for them.
+    @task(pool="mirakl_api", on_success_callback=[])
     def run_checks() -> dict[str, int]:
         from include.woo_mirakl.quality import run_checks as check
         from include.woo_mirakl.wiring import wire

@@ -176,7 +176,36 @@ class FailureAlert(BaseNotifier):
                 ledger.mark_exceptions_notified([record.id])
             except Exception:
                 log.exception("could not mark the task-failure alert as sent")
+        CriticalAlert(self.marketplace).notify(context)  # what the task raised before failing
+
+
+class CriticalAlert(BaseNotifier):
+    """End-of-task callback for every flow: critical exceptions alert at once, not at the next digest.
+
+    Whichever flow raised them (a deadline close, an order without its WooCommerce order, a refund
+    refused), the task that raised them alerts when it ends; each opening alerts once.
+    """
+
+    template_fields = ()
+
+    def __init__(self, marketplace: str):
+        super().__init__()
+        self.marketplace = marketplace
+
+    def notify(self, context: dict[str, Any]) -> None:
+        try:
+            from include.woo_mirakl.digest import alert_critical_now
+            from include.woo_mirakl.ledger import get_ledger
+
+            alert_critical_now(get_ledger(), self.marketplace, context=context)
+        except Exception as exc:  # alerting must never break (or retry) the task that alerts
+            log.warning("critical exceptions of %s not alerted: %s: %s", self.marketplace, type(exc).__name__,
+                        redact(str(exc)))
 
 
 def failure_callbacks(marketplace: str) -> list[BaseNotifier]:
     return [FailureAlert(marketplace)]
+
+
+def success_callbacks(marketplace: str) -> list[BaseNotifier]:
+    return [CriticalAlert(marketplace)]

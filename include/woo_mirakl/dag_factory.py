@@ -47,11 +47,13 @@ def marketplace_dags(
 
     The DAG file assigns the result into its globals so Airflow discovers each DAG.
     """
-    from include.woo_mirakl.alerts import failure_callbacks
+    from include.woo_mirakl.alerts import failure_callbacks, success_callbacks
 
     dags: dict[str, DAG] = {}
     for marketplace in load_marketplaces():
-        default_args = {**DEFAULT_ARGS, "on_failure_callback": failure_callbacks(marketplace.name)}
+        # Every task ends by alerting the critical exceptions it raised (failed tasks too).
+        default_args = {**DEFAULT_ARGS, "on_failure_callback": failure_callbacks(marketplace.name),
+                        "on_success_callback": success_callbacks(marketplace.name)}
         with DAG(
             dag_id=dag_id(flow, marketplace),
             schedule=marketplace.schedule(flow, schedule),

@@ -186,21 +186,36 @@ def send_digest(
 def alert_critical_now(
     ledger: Ledger,
     marketplace: str,
-    records: Sequence[ExceptionRecord],
+    records: Sequence[ExceptionRecord] | None = None,
     policy: DigestPolicy | None = None,
     *,
     now: datetime | None = None,
     context: dict[str, Any] | None = None,
 ) -> int:
-    """Send at once, as one alert, the critical exceptions among `records` that are due.
+    """Send at once, as one alert, the critical exceptions not alerted since they (re)opened.
 
-    For flows that raise critical exceptions between two digests (pass what
-    ``Ledger.raise_exception`` returned); returns how many were alerted.
+    ``records`` narrows the candidates (what ``Ledger.raise_exception`` returned); by default every
+    open exception of the marketplace, which is how every task of every flow calls it when it ends
+    (:class:`~include.woo_mirakl.alerts.CriticalAlert`). Each opening alerts once: the ledger claim
+    makes sure of it even when two tasks end together; the digest reminds after its quiet period.
+    Returns how many were alerted.
     """
-    policy = policy or DigestPolicy.from_variables()
+    policy = policy or DigestPolicy()  # the quiet period does not matter here: no Variable to read
     now = now or datetime.now(timezone.utc)
-    critical = [r for r in records if r.marketplace == marketplace and policy.is_critical(r) and policy.is_due(r, now)]
+    candidates = ledger.open_exceptions(marketplace, include_acknowledged=False) if records is None else records
+    fresh = [r for r in candidates if r.marketplace == marketplace and r.status == "open" and policy.is_critical(r)
+             and (r.notified_at is None or r.notified_at < r.opened_at)]
+    if not fresh:
+        return 0
+    won = set(ledger.claim_first_alerts([r.id for r in fresh]))
+    critical = [r for r in fresh if r.id in won]
     if not critical:
         return 0
-    digest = Digest(marketplace, critical=critical)
-    return len(critical) if _deliver(ledger, digest, now, None, context) else 0
+    from include.woo_mirakl.alerts import send_alert
+
+    subject, body = render_digest(Digest(marketplace, critical=critical), now, None, ops_page_url())
+    if send_alert(subject, body, context).delivered:
+        return len(critical)
+    ledger.release_alerts([r.id for r in critical])  # nothing went out: the next task's end tries again
+    log.warning("%s: %d critical exception(s) not delivered on any channel", marketplace, len(critical))
+    return 0

@@ -16,7 +16,7 @@ GUIDANCE: dict[str, tuple[str, str]] = {
                                              "Fix the SKU in WooCommerce, or delete the offer in the Mirakl back-office."),
     "status_drift": ("Order {key}: Mirakl says {mirakl_state}, WooCommerce says {woo_status}.",
                      "Check the order in both back-offices and bring the late one up to date."),
-    "woo_order_missing": ("Mirakl order {key} was {decision} but has no WooCommerce order.",
+    "woo_order_missing": ("Mirakl order {key} is {mirakl_state} but has no WooCommerce order.",
                           "Create it by hand in WooCommerce, or re-run the order ingest after fixing the cause."),
     "order_invalid": ("Mirakl sent order {key} with data we cannot use: {problems}.",
                       "Decide it by hand in the Mirakl back-office before its acceptance deadline."),

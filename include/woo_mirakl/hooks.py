@@ -7,8 +7,11 @@ Secrets are registered with Airflow's masker before any client is built.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
-from typing import Any
+import os
+from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
@@ -22,7 +25,7 @@ from include.woo_mirakl.clients.http import (
 )
 from include.woo_mirakl.clients.mirakl import MiraklClient, mirakl_base_url
 from include.woo_mirakl.clients.oauth import MemoryTokenStore, OAuthError, ReconnectRequired, TokenProvider
-from include.woo_mirakl.clients.woocommerce import WooCommerceClient
+from include.woo_mirakl.clients.woocommerce import WooCommerceClient, woo_base_url
 
 log = logging.getLogger(__name__)
 # Without a ledger (a connection test), tokens are shared by this process's threads only.
@@ -70,6 +73,51 @@ def retry_from_extra(extra: dict[str, Any], conn_id: str) -> RetryPolicy | None:
             except (TypeError, ValueError):
                 raise ValueError(f"connection {conn_id!r}: extra {key!r} must be a number, got {extra[key]!r}") from None
     return RetryPolicy(**values) if values else None
+
+
+# Hosts other than this machine that may be reached without TLS: the demo's sandbox container
+# ("sandbox" in docker-compose.yaml), never a real Mirakl instance or store. Comma-separated.
+PLAIN_HOSTS_VARIABLE = "WOO_MIRAKL_PLAIN_HTTP_HOSTS"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_hosts_allowed() -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in os.environ.get(PLAIN_HOSTS_VARIABLE, "").split(",") if h.strip())
+
+
+def check_transport(conn_id: str, url: str, verify: bool, allowed: Iterable[str] = ()) -> None:
+    """Refuse plain ``http://`` or ``verify_ssl`` false to a host other than this machine.
+
+    The API key, the consumer secret or the OAuth secret would cross the network readable (or go to
+    whoever answers in the server's place). Loopback (the sandbox) is allowed, and so are the hosts
+    of ``allowed`` (with a warning). The message names the connection and the host, never the URL's
+    credentials or query.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if _is_loopback(host):
+        return
+    problem = None
+    if parts.scheme != "https":
+        problem = f"uses plain {parts.scheme}:// to {host}: its keys would cross the network unencrypted; use https://"
+    elif not verify:
+        problem = (f"has verify_ssl false for {host}: anyone in the way could read its keys; remove verify_ssl "
+                   "(or give the server a valid certificate)")
+    if problem is None:
+        return
+    if host in {h.lower() for h in allowed}:
+        log.warning("connection %r %s (allowed by %s)", conn_id, problem, PLAIN_HOSTS_VARIABLE)
+        return
+    raise ValueError(f"connection {conn_id!r} {problem}. Plain or unverified connections are allowed only to "
+                     f"this machine (127.0.0.1, localhost) or to hosts named in {PLAIN_HOSTS_VARIABLE}.")
 
 
 def _transport_hint(error: ClientError) -> str:
@@ -135,8 +183,14 @@ class MiraklHook(BaseHook):
                 raise ValueError(f"connection {self.mirakl_conn_id!r}: shop_id must be a number, got {shop_id!r}") from None
         else:
             shop_id = None
+        verify = _as_bool(extra.get("verify_ssl", True), "verify_ssl")
+        allowed = plain_hosts_allowed()
+        check_transport(self.mirakl_conn_id, mirakl_base_url(conn.host or "", conn.port), verify, allowed)
+        for key in ("token_url", "authorize_url", "revoke_url"):  # the OAuth secret and tokens go there
+            if extra.get(key):
+                check_transport(self.mirakl_conn_id, str(extra[key]), verify, allowed)
         return {"host": conn.host or "", "port": conn.port, "api_key": conn.password, "shop_id": shop_id,
-                "verify": _as_bool(extra.get("verify_ssl", True), "verify_ssl"),
+                "verify": verify,
                 "retry": retry_from_extra(extra, self.mirakl_conn_id), "auth_mode": auth_mode,
                 "client_id": conn.login, "extra": extra}
 
@@ -311,11 +365,13 @@ class WooCommerceHook(BaseHook):
             )
         extra = conn.extra_dejson or {}
         policy = retry or self.retry or retry_from_extra(extra, self.woocommerce_conn_id)
+        verify = _as_bool(extra.get("verify_ssl", True), "verify_ssl")
+        check_transport(self.woocommerce_conn_id, woo_base_url(conn.host or "", conn.port), verify,
+                        plain_hosts_allowed())
         return WooCommerceClient(
             conn.host or "", conn.login, conn.password, port=conn.port,
             query_string_auth=_as_bool(extra.get("query_string_auth", False), "query_string_auth"),
-            verify=_as_bool(extra.get("verify_ssl", True), "verify_ssl"),
-            retry=policy,
+            verify=verify, retry=policy,
         )
 
     get_conn = get_client

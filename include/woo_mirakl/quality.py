@@ -35,8 +35,10 @@ STATUS_MAP_FILE = CONFIG_DIR / "status_map.yaml"
 SUITES_DIR = CONFIG_DIR / "expectations"
 META_ORDER_ID = "_mirakl_order_id"
 WOO_ORDER_LOOKBACK = timedelta(days=30)
-ACCEPTED_DECISIONS = ("accepted", "partially")
 NOT_ACCEPTED_STATES = ("STAGING", "WAITING_ACCEPTANCE", "REFUSED", "CANCELED")
+# An order accepted outside the integration (back office, auto-accept) gets its WooCommerce order
+# from the orders flow's next runs (every minute): judged once it has been past acceptance this long.
+MISSING_WOO_ORDER_GRACE = timedelta(minutes=10)
 SHIPPING_DEADLINE_STATES = ("SHIPPING",)
 # A cancelled or trashed extra WooCommerce order ships nothing: it does not count as a duplicate.
 VOID_WOO_STATUSES = ("cancelled", "trash", "failed")
@@ -148,6 +150,7 @@ class Snapshot:
     offer_states: dict[str, Any]  # ledger OfferStateRecord by SKU
     demand: dict[str, int]  # marketplace demand not reserved in WooCommerce yet, by SKU
     stuck: list[Any]  # ledger ActionRecord still in intent / uncertain
+    mirakl_now: datetime | None = None  # Mirakl's clock (its Date header), which dates its orders' updates
 
 
 def _meta(order: Mapping[str, Any], key: str) -> Any:
@@ -197,13 +200,15 @@ def take_snapshot(
     now = now or datetime.now(UTC)
     name = marketplace.name
     orders = ledger.orders_in_states(name, list(status_map.states))
+    offers = {o.shop_sku: o.quantity for o in mirakl.iter_offers() if o.shop_sku}
     return Snapshot(
         marketplace=name,
         taken_at=now,
         orders=orders,
         woo_orders=_woo_orders(woo, orders, now),
         woo_items=[item for item in _iter_catalogue(woo) if item.sku and item.is_offer],
-        offers={o.shop_sku: o.quantity for o in mirakl.iter_offers() if o.shop_sku},
+        offers=offers,
+        mirakl_now=getattr(mirakl, "server_time", None),
         offer_states=ledger.offer_states(name),
         # the store's demand, as the inventory push subtracts it (a sale elsewhere lowers this offer too)
         demand=store_demand(ledger, [m.name for m in store_of(marketplace)], OPEN_DEMAND_STATES),
@@ -231,7 +236,11 @@ def _iso(value: datetime | None) -> str | None:
 def order_rows(snapshot: Snapshot, status_map: StatusMap) -> list[dict[str, Any]]:
     """One row per ledger order; a check's column is None where it does not apply."""
     now = snapshot.taken_at
+    # Mirakl dates its updates by its own clock: when ours lags, judge by Mirakl's (as the orders flow does).
+    mirakl_now = max(filter(None, (snapshot.mirakl_now, now)))
     woo_by_id = {o["id"]: o for o in snapshot.woo_orders}
+    # A WooCommerce order carrying the Mirakl id counts even when the ledger does not link it (made by hand).
+    carried = {o["mirakl_order_id"] for o in snapshot.woo_orders if o["status"] not in VOID_WOO_STATUSES}
     rows = []
     for order in snapshot.orders:
         woo = woo_by_id.get(order.woo_order_id) if order.woo_order_id else None
@@ -243,7 +252,10 @@ def order_rows(snapshot: Snapshot, status_map: StatusMap) -> list[dict[str, Any]
         )
         drift_minutes = round((now - changed).total_seconds() / 60, 1)
         undecided = order.mirakl_state == "WAITING_ACCEPTANCE" and order.decision is None
-        accepted = order.decision in ACCEPTED_DECISIONS and order.mirakl_state not in NOT_ACCEPTED_STATES
+        # Every order past acceptance needs its WooCommerce order, whoever accepted it (this
+        # integration, the Mirakl back office, the operator's auto-accept).
+        past_acceptance = order.mirakl_state not in NOT_ACCEPTED_STATES and (
+            order.last_mirakl_update is None or mirakl_now - order.last_mirakl_update >= MISSING_WOO_ORDER_GRACE)
         rows.append({
             "mirakl_order_id": order.mirakl_order_id,
             "mirakl_state": order.mirakl_state,
@@ -264,7 +276,8 @@ def order_rows(snapshot: Snapshot, status_map: StatusMap) -> list[dict[str, Any]
                 _hours(order.shipping_deadline - now)
                 if order.mirakl_state in SHIPPING_DEADLINE_STATES and order.shipping_deadline else None
             ),
-            "has_woo_order": (order.woo_order_id is not None) if accepted else None,
+            "has_woo_order": (
+                order.woo_order_id is not None or order.mirakl_order_id in carried) if past_acceptance else None,
         })
     return rows
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.woo_mirakl.budgets import BudgetExceeded
-from include.woo_mirakl.clients.http import ApiError, ClientError, TransportError, UncertainWriteError
+from include.woo_mirakl.clients.http import ApiError, ClientError, TransportError, UncertainWriteError, WriteRefused
 from include.woo_mirakl.ledger.repository import ActionRecord, Ledger
 
 DONE, UNCERTAIN, RETRY, FINAL = "done", "uncertain", "retry", "final"
@@ -128,6 +128,12 @@ class Writer:
         key = write.key
         try:
             value = write.send()
+        except WriteRefused as error:
+            # Refused before sending (a disconnected marketplace): a fresh intent is released so that
+            # it goes out once allowed; an uncertain one stays uncertain (it may still have landed).
+            if action.state != "uncertain":
+                self.ledger.fail_action(key, f"not sent: {error}", retryable=True)
+            raise
         except BudgetExceeded as error:
             failed = self.ledger.fail_action(key, f"call budget used up: {error}", retryable=True)
             return WriteResult(RETRY, failed, error=str(error), exception=error)

@@ -162,13 +162,17 @@ def test_sending_fails_soft_and_keeps_findings_due_when_nothing_answers(ledger, 
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
         {"conn_type": "slackwebhook", "password": slack_sink.url.replace("/services/", "/wrong/")}))
     ledger.raise_exception("status_drift", "ORD-F1", {}, "soft_mp", severity="warning")
+    ledger.raise_exception("order_reservation_failed", "ORD-F2", {}, "soft_mp", severity="critical")
 
     delivery = send_alert("subject", "body")
+    alerted_now = alert_critical_now(ledger, "soft_mp")
     summary = send_digest(ledger, "soft_mp", DigestPolicy())
 
     assert delivery == Delivery(email=False, slack=False)
-    assert summary == {"alerted": 1, "critical": 0, "sent": 0}
+    assert alerted_now == 0  # and its claim released, so the digest still carries it
+    assert summary == {"alerted": 2, "critical": 1, "sent": 0}
     assert ledger.get_exception("status_drift", "ORD-F1", "soft_mp").notified_at is None
+    assert ledger.get_exception("order_reservation_failed", "ORD-F2", "soft_mp").notified_at is None
 
 
 def test_without_alert_connections_nothing_is_sent_and_nothing_breaks(monkeypatch):
@@ -176,6 +180,40 @@ def test_without_alert_connections_nothing_is_sent_and_nothing_breaks(monkeypatc
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_ALERTS")
 
     assert send_alert("subject", "body") == Delivery(email=None, slack=None)
+
+
+def test_a_critical_exception_a_flow_raises_alerts_when_its_task_ends_once_per_opening(
+    sandbox, ledger, mail_sink, slack_sink
+):
+    """An order accepted and shipped in the Mirakl back office has no WooCommerce order: the orders
+    flow raises a critical exception, and that run alerts it, not the next digest; later cycles
+    raise it again and alert nothing."""
+    from include.sandbox.scenarios import customer
+    from tests.e2e.conftest import advance, run_dag
+
+    sandbox.woo.add_simple_product("CRIT-1", "9.00", 10)
+    with sandbox.lock:
+        sandbox.mirakl.add_offer("CRIT-1", 9.0, 10)
+        order_id = sandbox.mirakl.place_order(lines=[{"offer_sku": "CRIT-1", "quantity": 1}],
+                                              customer=customer(0))["order_id"]
+        store, now = sandbox.mirakl.store, sandbox.clock.now()
+        store.accept(now, order_id, [{"id": f"{order_id}-1", "accepted": True}])
+        store.debit(now, order_id)
+        store.ship(now, order_id)
+
+    for _ in range(2):
+        advance(sandbox, ledger, 61)
+        assert run_dag(f"mirakl_order_ingest__{MARKETPLACE}").state == "success"
+
+    recorded = ledger.get_exception("order_without_woo_order", order_id, MARKETPLACE)
+    assert recorded.severity == "critical" and recorded.count >= 2 and recorded.notified_at is not None
+    mails = [body for body in mail_sink.bodies() if order_id in body]
+    posts = [text for text in slack_sink.texts() if order_id in text]
+    assert len(mails) == 1 and len(posts) == 1, (mails, posts)
+    assert f"CRITICAL order_without_woo_order {order_id}" in mails[0]
+    received = everything_received(mail_sink, slack_sink)
+    for secret in secrets(sandbox, slack_sink):
+        assert secret not in received
 
 
 def _now():

@@ -159,6 +159,41 @@ def test_hooks_build_clients_from_connection_extras(sandbox: Sandbox, env: pytes
     assert redact(f"key {MIRAKL_KEY} secret {WOO_SECRET}") == "key *** secret ***"
 
 
+@pytest.mark.parametrize(("conn_type", "host", "extra", "words"), [
+    ("mirakl", "http://acme.mirakl.net", {}, "uses plain http:// to acme.mirakl.net"),
+    ("mirakl", "acme.mirakl.net", {"verify_ssl": "false"}, "has verify_ssl false for acme.mirakl.net"),
+    ("mirakl", "acme.mirakl.net", {"auth_mode": "oauth_client_credentials", "token_url": "http://auth.example/token"},
+     "uses plain http:// to auth.example"),
+    ("woocommerce", "http://shop.example.com", {}, "uses plain http:// to shop.example.com"),
+    ("woocommerce", "https://shop.example.com", {"verify_ssl": False}, "has verify_ssl false for shop.example.com"),
+], ids=["mirakl http", "mirakl unverified", "mirakl oauth http", "woo http", "woo unverified"])
+def test_a_connection_without_tls_to_another_host_is_refused_before_any_call(
+    env: pytest.MonkeyPatch, conn_type: str, host: str, extra: dict, words: str
+) -> None:
+    from include.woo_mirakl.hooks import MiraklHook, WooCommerceHook
+
+    env.setenv("AIRFLOW_CONN_SHOP_X", json.dumps({"conn_type": conn_type, "host": host, "login": WOO_KEY,
+                                                  "password": WOO_SECRET, "extra": extra}))
+    hook = MiraklHook("shop_x") if conn_type == "mirakl" else WooCommerceHook("shop_x")
+    ok, message = hook.test_connection()  # the Test button and `airflow connections test`
+    assert not ok and message.startswith(f"connection 'shop_x' {words}"), message
+    with pytest.raises(ValueError, match="shop_x") as refused:  # every run: the flows build clients here
+        hook.get_client()
+    for secret in (WOO_KEY, WOO_SECRET):
+        assert secret not in message and secret not in str(refused.value)
+
+
+def test_a_host_named_in_the_plain_http_variable_is_allowed(env: pytest.MonkeyPatch) -> None:
+    from include.woo_mirakl.hooks import WooCommerceHook
+
+    env.setenv("AIRFLOW_CONN_SHOP_X", json.dumps({"conn_type": "woocommerce", "host": "http://sandbox:8082",
+                                                  "login": WOO_KEY, "password": WOO_SECRET}))
+    with pytest.raises(ValueError, match="plain http://"):
+        WooCommerceHook("shop_x").get_client()
+    env.setenv("WOO_MIRAKL_PLAIN_HTTP_HOSTS", "sandbox")
+    assert WooCommerceHook("shop_x").get_client().base_url == "http://sandbox:8082"
+
+
 def test_provider_declares_its_connection_types() -> None:
     from include.woo_mirakl.provider import get_provider_info
 

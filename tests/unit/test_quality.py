@@ -131,6 +131,30 @@ def test_frames_carry_the_derived_columns(status_map):
     assert skus["SKU-ONLY-WOO"]["woo_quantity"] is not None and skus["SKU-ONLY-WOO"]["mirakl_quantity"] is None
 
 
+def test_every_order_past_acceptance_needs_a_woocommerce_order_whoever_accepted_it(status_map):
+    """Item 4 of #15: accepted in the Mirakl back office or by auto-accept, so never decided here."""
+    snapshot = Snapshot(
+        marketplace="sandbox", taken_at=NOW,
+        orders=[order("OUT-SHIPPED", "SHIPPED"), order("OUT-SHIPPING", "SHIPPING"),
+                order("OUT-BY-HAND", "SHIPPING"), order("OUT-JUST-NOW", "SHIPPING", changed=timedelta(minutes=3)),
+                order("MIRAKL-AHEAD", "SHIPPING", changed=timedelta(minutes=3)),
+                order("REFUSED", "REFUSED", decision="refused"), order("WAITING", "WAITING_ACCEPTANCE")],
+        woo_orders=[woo_order(7, "OUT-BY-HAND", "processing")],  # created by hand, not linked in the ledger
+        woo_items=[], offers={}, offer_states={}, demand={}, stuck=[],
+        mirakl_now=None,
+    )
+    rows = {r["mirakl_order_id"]: r["has_woo_order"] for r in build_frames(snapshot, MP, status_map)["orders"]}
+    assert rows == {"OUT-SHIPPED": False, "OUT-SHIPPING": False, "OUT-BY-HAND": True,
+                    "OUT-JUST-NOW": None,  # the orders flow adopts it in its next runs
+                    "MIRAKL-AHEAD": None, "REFUSED": None, "WAITING": None}
+    ahead = Snapshot(**{**snapshot.__dict__, "mirakl_now": NOW + timedelta(minutes=10)})
+    judged = {r["mirakl_order_id"]: r["has_woo_order"] for r in build_frames(ahead, MP, status_map)["orders"]}
+    assert judged["MIRAKL-AHEAD"] is False, "Mirakl's clock is ahead of ours: judged by Mirakl's"
+    findings = run_suites(build_frames(snapshot, MP, status_map), load_suites())
+    assert sorted(f.key for f in findings if f.kind == "woo_order_missing") == ["OUT-SHIPPED", "OUT-SHIPPING"]
+    assert {f.severity for f in findings if f.kind == "woo_order_missing"} == {"critical"}
+
+
 def test_the_suites_report_every_drift_and_nothing_healthy(status_map):
     """SKUs on one side only (SKU-ONLY-WOO, SKU-ONLY-MIRAKL, SKU-PUSHED-GONE-MIRAKL) are the inventory
     push's exceptions: the suites leave them alone, so each is raised once, under one kind."""

@@ -99,6 +99,13 @@ class UncertainWriteError(ClientError):
         self.status = status
 
 
+class WriteRefused(Exception):
+    """A client's write guard refused a write before anything was sent (see ``HttpClient.write_guard``).
+
+    Not a ClientError: it concerns every record of the task, never one record's failure.
+    """
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try: attempts, backoff bounds (seconds) and timeouts (seconds)."""
@@ -223,6 +230,9 @@ class HttpClient:
             self.redactor.add(secret)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        # Asked before every write (any method but GET/HEAD/OPTIONS) with the operation's name;
+        # raises WriteRefused to refuse it before anything is sent (see include/woo_mirakl/wiring.py).
+        self.write_guard: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
@@ -256,6 +266,8 @@ class HttpClient:
         ``before_attempt`` runs before every attempt (the call budget: a retry is a call too).
         """
         method = method.upper()
+        if self.write_guard is not None and method not in IDEMPOTENT_METHODS:
+            self.write_guard(operation)
         safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         url = self.base_url + path
         policy = self.retry

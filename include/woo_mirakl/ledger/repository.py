@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, bindparam, delete, func, select, update
+from sqlalchemy import Engine, Row, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, configure_mappers
 
@@ -680,6 +680,31 @@ class Ledger:
                     update(LedgerException).where(LedgerException.id.in_(chunk)).values(notified_at=now)
                 ).rowcount
         return count
+
+    def claim_first_alerts(self, exception_ids: Iterable[int]) -> list[int]:
+        """Claim the first alert of each open exception since it (re)opened; returns the ids won.
+
+        One conditional update per id, so of two tasks finishing together only one alerts.
+        """
+        won: list[int] = []
+        t = LedgerException
+        now = self._now()
+        with self.session() as s, s.begin():
+            for exception_id in exception_ids:
+                claimed = s.execute(update(t).where(
+                    t.id == exception_id, t.status == "open",
+                    or_(t.notified_at.is_(None), t.notified_at < t.opened_at),
+                ).values(notified_at=now)).rowcount
+                if claimed:
+                    won.append(exception_id)
+        return won
+
+    def release_alerts(self, exception_ids: Iterable[int]) -> int:
+        """Undo :meth:`claim_first_alerts` when nothing was delivered: they are due again."""
+        ids = list(exception_ids)
+        with self.session() as s, s.begin():
+            return s.execute(update(LedgerException).where(LedgerException.id.in_(ids))
+                             .values(notified_at=None)).rowcount if ids else 0
 
     def open_exceptions(
         self, marketplace: str | None = None, kind: str | None = None, include_acknowledged: bool = True
