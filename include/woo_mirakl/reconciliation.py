@@ -152,9 +152,9 @@ def _utc(series: pd.Series) -> pd.Series:
 
 
 def transactions_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """TL02 lines (the API's dicts) as one row each, ids and amounts typed."""
+    """TL02 lines (the API's dicts) as one row each, ids and amounts typed; ``rows`` is read once,
+    as it comes (each dict may go as soon as its row is taken)."""
     pd = _pd()
-    rows = list(rows)
     records = [
         (
             r.get("id"), r.get("type"), r.get("amount"), r.get("currency_iso_code"),
@@ -168,17 +168,39 @@ def transactions_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return normalise_transactions(frame)
 
 
+# Columns that repeat across lines (a type, a currency, a cycle, an order's four lines or more):
+# held as categories, each distinct text once and a small integer per line, so a million lines
+# cost tens of megabytes, not the hundreds one Python string per cell would.
+CATEGORY_COLUMNS = ("type", "currency", "billing_cycle_id", "document_number", "order_id", "order_line_id")
+
+
 def normalise_transactions(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed columns for a frame with :data:`TRANSACTION_COLUMNS` (also used by the benchmark)."""
     pd = _pd()
     out = frame.reindex(columns=TRANSACTION_COLUMNS).copy()
-    for column in ("transaction_id", "currency", "billing_cycle_id", "document_number", "order_id",
-                   "order_line_id"):
-        out[column] = out[column].astype("string")
-    out["type"] = out["type"].astype("string").astype("category")  # few distinct values: cheap to group
+    out["transaction_id"] = out["transaction_id"].astype("string")
+    out = _categorise(out)
     out["amount"] = _money(out["amount"])
     out["date_created"] = _utc(out["date_created"]) if len(out) else pd.Series([], dtype="datetime64[ns, UTC]")
     return out
+
+
+def _categorise(frame: pd.DataFrame) -> pd.DataFrame:
+    pd = _pd()
+    for column in CATEGORY_COLUMNS:
+        if not isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype("string").astype("category")
+    return frame
+
+
+def concat_lines(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Transaction-line frames one after the other, still categorised (pandas falls back to
+    plain objects when the categories of the parts differ)."""
+    pd = _pd()
+    frames = list(frames)
+    if not frames:
+        return transactions_frame([])
+    return _categorise(pd.concat(frames, ignore_index=True))
 
 
 def documents_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -741,9 +763,8 @@ class Stage:
 
     def all_transaction_lines(self) -> pd.DataFrame:
         """Every TL02 line this run read, once each: what the expectation suite checks."""
-        pd = _pd()
         frames = [self.lines(n) for n in ("day_lines", "cycle_lines", "history_lines")]
-        return pd.concat(frames, ignore_index=True).drop_duplicates("transaction_id", ignore_index=True)
+        return concat_lines(frames).drop_duplicates("transaction_id", ignore_index=True)
 
 
 def extract_mirakl_day(mirakl: Any, ledger: Any, marketplace: str, day: Day, stage: Stage, *,
@@ -860,8 +881,7 @@ def extract_mirakl_history(mirakl: Any, marketplace: str, day: Day, grace_days: 
         for t in mirakl.iter_transactions(order_id=chunk, date_created_to=day.end, limit=TL02_PAGE)
     )
     frames = [day_lines.loc[day_lines["order_id"].isin(new)], history]
-    lines = _pd().concat([f for f in frames if len(f)] or [history], ignore_index=True)
-    lines["type"] = lines["type"].astype("string").astype("category")
+    lines = concat_lines([f for f in frames if len(f)] or [history])
     return {"history_lines": stage.save_lines("history_lines", lines), "orders": len(ids),
             "read_by_tl02": len(older)}
 
