@@ -407,13 +407,17 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype="string" if c in ("order_id", "order_line_id") else "float64")
                              for c in ["order_id", "order_line_id", *AMOUNT_COLUMNS]})
     # one key per order line; a line-less order row keys on its order (marked so it cannot clash)
-    keys = sub["order_line_id"].to_numpy(dtype=object, na_value=None)
-    orders = sub["order_id"].to_numpy(dtype=object)
-    no_line = sub["order_line_id"].isna().to_numpy()
-    if no_line.any():
-        keys = keys.copy()
-        keys[no_line] = ["\x00order:" + o for o in orders[no_line]]
-    key_codes, uniques = pd.factorize(keys)
+    line_ids = sub["order_line_id"]
+    no_line = line_ids.isna().to_numpy()
+    if isinstance(line_ids.dtype, pd.CategoricalDtype) and not no_line.any():
+        key_codes, uniques = pd.factorize(line_ids.cat.codes.to_numpy())  # integers: no string hashing
+    else:
+        keys = line_ids.to_numpy(dtype=object, na_value=None)
+        if no_line.any():
+            orders = sub["order_id"].to_numpy(dtype=object)
+            keys = keys.copy()
+            keys[no_line] = ["\x00order:" + o for o in orders[no_line]]
+        key_codes, uniques = pd.factorize(keys)
     first = np.empty(len(uniques), dtype=np.int64)
     first[key_codes[::-1]] = np.arange(len(key_codes) - 1, -1, -1)  # first row of each key
     column_of = {name: i for i, name in enumerate(AMOUNT_COLUMNS)}
@@ -422,9 +426,9 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
     sums = np.bincount(key_codes * width + bucket_codes, weights=sub["amount"].fillna(0.0).to_numpy(dtype=float),
                        minlength=len(uniques) * width).reshape(len(uniques), width)
     out = pd.DataFrame(np.round(sums, 2), columns=AMOUNT_COLUMNS)
-    line_ids = sub["order_line_id"].to_numpy(dtype=object, na_value="")[first]
-    out.insert(0, "order_id", pd.array(orders[first], dtype="string"))
-    out.insert(1, "order_line_id", pd.array(line_ids, dtype="string"))
+    orders = sub["order_id"].to_numpy(dtype=object)[first]
+    out.insert(0, "order_id", pd.array(orders, dtype="string"))
+    out.insert(1, "order_line_id", pd.array(line_ids.to_numpy(dtype=object, na_value="")[first], dtype="string"))
     return out
 
 
