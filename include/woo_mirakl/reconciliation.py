@@ -727,7 +727,8 @@ class Stage:
         return len(rows)
 
     def save_lines(self, name: str, frame: pd.DataFrame) -> int:
-        """Transaction lines as a typed frame: a million lines as JSON would cost gigabytes to read back.
+        """Lines (Mirakl's transaction lines, WooCommerce's order lines) as a typed frame: a million
+        lines as JSON would cost gigabytes to read back.
 
         Pickle is only ever read back by this integration from its own staging directory.
         """
@@ -738,6 +739,13 @@ class Stage:
         tmp.replace(path)
         (self.directory / f"{name}.json").unlink(missing_ok=True)
         return len(frame)
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """A frame staged by :meth:`save_lines`."""
+        path = self.directory / f"{name}.pkl"
+        if not path.exists():
+            raise FileNotFoundError(f"staged input {path} is missing: run the extract tasks of this day first")
+        return _pd().read_pickle(path)
 
     def lines(self, name: str) -> pd.DataFrame:
         """Staged transaction lines, whichever way they were saved."""
@@ -760,7 +768,7 @@ class Stage:
             history_lines=self.lines("history_lines"),
             cycle_lines=self.lines("cycle_lines"),
             documents=documents_frame(self.load("documents")),
-            woo_lines=woo_lines_frame(self.load("woo_orders"), marketplace),
+            woo_lines=self.frame("woo_lines"),
             woo_refunds=woo_refunds_frame(self.load("woo_refunds")),
             ledger_orders=ledger_frame((m, w) for m, w in self.load("ledger")),
         )
@@ -863,7 +871,10 @@ def extract_woocommerce(woo: Any, ledger: Any, marketplace: str, day: Day, grace
     marketplace_orders = [o for o in orders.values() if _meta(o.get("meta_data"), META_MARKETPLACE) == marketplace]
     pairs += [(str(_meta(o["meta_data"], META_ORDER_ID)), int(o["id"])) for o in marketplace_orders]
     refunds = [r for r in refunds if int(r.get("parent_id") or 0) in {int(o["id"]) for o in marketplace_orders}]
-    return {"woo_orders": stage.save("woo_orders", sorted(marketplace_orders, key=lambda o: o["id"])),
+    # staged as their typed lines: a day's quarter of a million orders read back as JSON costs ~500 MB
+    woo_lines = woo_lines_frame(sorted(marketplace_orders, key=lambda o: o["id"]), marketplace)
+    stage.save_lines("woo_lines", woo_lines)
+    return {"woo_orders": len(marketplace_orders),
             "woo_refunds": stage.save("woo_refunds", refunds),
             "ledger": stage.save("ledger", sorted(set(pairs)))}
 
@@ -871,7 +882,7 @@ def extract_woocommerce(woo: Any, ledger: Any, marketplace: str, day: Day, grace
 def extract_mirakl_history(mirakl: Any, marketplace: str, day: Day, grace_days: int, stage: Stage) -> dict[str, int]:
     """TL02 lines up to the day's end of the day's orders (commission to date) and of the WooCommerce
     orders shipped ``grace_days`` ago (have they reached Mirakl?)."""
-    woo = woo_lines_frame(stage.load("woo_orders"), marketplace)
+    woo = stage.frame("woo_lines")
     window = day.start - timedelta(days=grace_days)
     shipped = woo.loc[(woo["date_completed"] >= window) & (woo["date_completed"] < window + timedelta(days=1)),
                       "mirakl_order_id"]
