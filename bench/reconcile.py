@@ -257,8 +257,9 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     conn.send("stop")
     conn.recv()
     # the peak of the whole flow: the highest window (each reset starts the process's peak again)
-    conn_out.send({"timings": timings, "cpus": cpus, "peaks": peaks, "peak_mb": max([window_peak_rss_mb(), *peaks.values()]),
-                   "log": log, "built_s": built, "findings": len(result.findings), "history": history, "lines": len(inputs.day_lines)})
+    conn_out.send({"timings": timings, "cpus": cpus, "peaks": peaks,
+                   "peak_mb": max([window_peak_rss_mb(), *peaks.values()]), "log": log, "built_s": built,
+                   "findings": len(result.findings), "history": history, "lines": len(inputs.day_lines)})
 
 
 def in_process(target: Any, *args: Any) -> Any:

@@ -710,7 +710,8 @@ def _chunks(values: list[Any], size: int = ORDER_IDS_PER_CALL) -> Iterable[list[
 
 
 class Stage:
-    """One run's raw inputs as JSON files, handed from task to task (XComs carry only counts)."""
+    """One run's inputs as files, handed from task to task (XComs carry only counts): small ones as
+    JSON, lines (Mirakl's transaction lines, WooCommerce's order lines) as typed frames."""
 
     def __init__(self, directory: Path):
         self.directory = directory
