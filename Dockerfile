@@ -7,4 +7,6 @@ COPY --chown=airflow:0 requirements.txt pyproject.toml /opt/airflow/project/
 COPY --chown=airflow:0 include /opt/airflow/project/include
 # Pin apache-airflow in the same command so pip can never swap the image's Airflow.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/airflow/project/requirements.txt \
- && pip install --no-cache-dir --no-deps -e /opt/airflow/project
+ && pip install --no-cache-dir --no-deps -e /opt/airflow/project \
+ && python -m compileall -q /opt/airflow/project/include
+# ^ bytecode in the image: every DAG file's parse imports these modules, and would compile them otherwise

@@ -16,6 +16,9 @@ Three passes, each in its own process so each peak memory (RSS) is its own:
   loop on a sample as the in-process baseline.
 * **big** — the compute pass on ``--big-lines``.
 
+Times are printed as wall and CPU time; the compute targets are on CPU time, which the load of a
+shared machine hardly moves (the wall time moved several-fold from run to run on two busy cores).
+
 Floors: the export's floor is what the latency profile charges for the calls it needs (one TL03,
 TL04 every 10 s while Mirakl prepares the file, one TL05 per chunk at 0.05 s a MB) plus the time the
 sandbox takes to prepare it (``export_delay_s``, an assumption: Mirakl publishes none). TL02 alone
@@ -118,10 +121,11 @@ def compute_pass(lines: int, sample: int) -> dict[str, float]:
     inputs = synthetic(lines // len(SALE_TYPES))
     gc.collect()
     before = peak_rss_mb()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = reconcile(inputs, rules, Day(DAY))
-    compute = time.perf_counter() - started
-    out = {"compute_s": compute, "peak_mb": peak_rss_mb(), "before_mb": before, "findings": len(result.findings),
+    compute, cpu = time.perf_counter() - started, time.process_time() - cpu
+    out = {"compute_s": compute, "cpu_s": cpu, "peak_mb": peak_rss_mb(), "before_mb": before,
+           "findings": len(result.findings),
            "rows": len(inputs.day_lines)}
     if sample:
         head = inputs.day_lines.head(sample)
@@ -206,6 +210,7 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     from include.woo_mirakl.ledger import Ledger
     from include.woo_mirakl.reconciliation import (
         CURSOR_FLOW, Day, Rules, Stage, extract_mirakl_day, extract_mirakl_history, reconcile, validate_transactions,
+        woo_lines_frame,
     )
 
     conn, child = mp.Pipe()
@@ -224,19 +229,22 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     day, stage = Day(DAY), Stage(work / "stage")
     rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
     timings: dict[str, float] = {}
+    cpus: dict[str, float] = {}  # CPU time: what the shared machine's load hardly moves
     peaks: dict[str, float] = {}  # each step's own peak RSS (the window is reset before it)
 
     def timed(name: str, step: Any) -> Any:
         gc.collect()
         reset_peak_rss()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         value = step()
-        timings[name] = time.perf_counter() - started
+        timings[name], cpus[name] = time.perf_counter() - started, time.process_time() - cpu
         peaks[name] = window_peak_rss_mb()
         return value
 
     timed("export (TL03, TL04, TL05) and staging", lambda: extract_mirakl_day(mirakl, ledger, "bench", day, stage))
-    timed("(bench) staging the WooCommerce orders", lambda: stage.save("woo_orders", woo_orders(info["orders"])))
+    # as extract_woocommerce stages them (reading them is the WooCommerce extract's cost, not this one's)
+    timed("(bench) staging the WooCommerce orders",
+          lambda: stage.save_lines("woo_lines", woo_lines_frame(woo_orders(info["orders"]), "bench")))
     stage.save("woo_refunds", [])
     stage.save("ledger", [])
     history = timed("orders' history", lambda: extract_mirakl_history(mirakl, "bench", day, 3, stage))
@@ -248,7 +256,9 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     log = conn.recv()
     conn.send("stop")
     conn.recv()
-    conn_out.send({"timings": timings, "peaks": peaks, "peak_mb": peak_rss_mb(), "log": log, "built_s": built,
+    # the peak of the whole flow: the highest window (each reset starts the process's peak again)
+    conn_out.send({"timings": timings, "cpus": cpus, "peaks": peaks,
+                   "peak_mb": max([window_peak_rss_mb(), *peaks.values()]), "log": log, "built_s": built,
                    "findings": len(result.findings), "history": history, "lines": len(inputs.day_lines)})
 
 
@@ -297,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n== end to end: {r['lines']:,} lines through the export ({r['built_s']:.0f} s to build the sandbox)")
         for name, seconds in r["timings"].items():
             figure(name, seconds, "s", floor if name.startswith("export") else None)
+        for name, seconds in r["cpus"].items():
+            figure(f"CPU time of: {name}", seconds, "s")
         for name, mb in r["peaks"].items():
             figure(f"peak RSS during: {name}", mb, "MB")
         figure("end to end", total, "s")
@@ -314,24 +326,27 @@ def main(argv: list[str] | None = None) -> None:
             Target(f"{args.lines:,}-line day end to end within Mirakl's ceilings", sum(breaches.values()),
                    "breaches", 0, 0),
             Target(f"{args.lines:,}-line day end to end peak memory", r["peak_mb"], "MB", 2048),
-            Target(f"{args.lines:,}-line day compute (end-to-end pass)", r["timings"]["reconcile (compute)"], "s", 10),
+            Target(f"{args.lines:,}-line day compute (end-to-end pass, CPU)", r["cpus"]["reconcile (compute)"], "s",
+                   10),
         ]
 
     c = in_process(compute_pass, args.lines, args.sample)
     print(f"\n== compute alone: {c['rows']:,} lines, synthetic frames")
-    figure("vectorised reconcile", c["compute_s"], "s")
+    figure("vectorised reconcile (wall)", c["compute_s"], "s")
+    figure("vectorised reconcile (CPU)", c["cpu_s"], "s")
     figure("peak RSS", c["peak_mb"], "MB")
     if "loop_per_row_us" in c:
         per_row = c["compute_s"] / c["rows"] * 1e6
         figure("per row: vectorised", per_row, "us")
         figure("per row: Python loop baseline (sample)", c["loop_per_row_us"], "us")
         print(f"  loop / vectorised = x{c['loop_per_row_us'] / per_row:.1f}")
-    targets.append(Target(f"{c['rows']:,}-line day compute", c["compute_s"], "s", 10))
+    targets.append(Target(f"{c['rows']:,}-line day compute (CPU)", c["cpu_s"], "s", 10))
     targets.append(Target(f"{c['rows']:,}-line day compute peak memory", c["peak_mb"], "MB", 2048))
     if not args.skip_big:
         b = in_process(compute_pass, args.big_lines, 0)
         print(f"\n== compute alone: {b['rows']:,} lines")
-        figure("vectorised reconcile", b["compute_s"], "s")
+        figure("vectorised reconcile (wall)", b["compute_s"], "s")
+        figure("vectorised reconcile (CPU)", b["cpu_s"], "s")
         figure("peak RSS", b["peak_mb"], "MB")
         targets.append(Target(f"{b['rows']:,}-line day peak memory", b["peak_mb"], "MB", 4096))
     print_targets(targets)

@@ -9,13 +9,20 @@ Backfill any range from the UI (Trigger → Backfill) or `airflow backfill creat
 what existed by the day's end, and overwrites that day only), and runs for different days are
 independent, so a backfill can run several at once.
 
-1. **extract_mirakl_day** — TL02 transaction lines created that day (pages of 2,000, within TL02's 20/min
-   and 60/h ceiling, kept in the ledger); for each payout of the day (PAYMENT line) its IV01 document and
-   the lines of its billing cycle. IV01 may run once a day: documents are cached in the ledger by voucher
-   number and IV01 is called only for a voucher the cache lacks (one call serves a whole backfill).
+1. **extract_mirakl_day** — the transaction lines created that day. A small day through TL02 (pages of
+   2,000, within TL02's 20/min and 60/h ceiling, kept in the ledger); a day above 20,000 lines (expected
+   from the last day read, or found when TL02 has given that many) through the asynchronous export:
+   TL03 once (its tracking id kept in the ledger, so a retry follows the same export), TL04 every 10 s
+   at most until it is ready, TL05 chunks in NDJSON, each parsed a line at a time into a compact frame
+   in the staging directory — a million lines take one TL03 instead of 500 TL02 pages (8 hours). Both
+   paths give the same frame and the same reports. Then, for each payout of the day (PAYMENT line), its
+   IV01 document and the lines of its billing cycle. IV01 may run once a day: documents are cached in
+   the ledger by voucher number and IV01 is called only for a voucher the cache lacks (one call serves a
+   whole backfill).
 2. **extract_woocommerce** — the WooCommerce orders of those Mirakl orders (meta `_mirakl_order_id`, else
    the ledger's map), marketplace orders shipped `GRACE_DAYS` (3) days before the day, and the day's refunds.
-3. **extract_mirakl_history** — TL02 lines up to the day's end of those orders (commission to date).
+3. **extract_mirakl_history** — TL02 lines up to the day's end of those orders (commission to date);
+   an order created during the day has no earlier line, so its history is its lines of the day (no call).
 4. **validate_transactions** — the Great Expectations suite `include/config/expectations/transactions.yaml`:
    known types (the spec's enum), amount signs by type, one currency per payout, order ids present.
    A failure stops the run (no report), records a `transaction_suite_failed` exception and alerts.
@@ -23,7 +30,8 @@ independent, so a backfill can run several at once.
    missing in WooCommerce, shipped order missing in Mirakl, commission off the configured rate beyond the
    tolerance, refund in one system only or for another amount, payout differing from its lines) go to
    the ledger; reports go to `reports/reconciliation/<marketplace>/<date>/` (CSV, one XLSX workbook,
-   HTML with charts) and an asset event on `woo-mirakl://reports/reconciliation/<marketplace>`.
+   HTML with charts; the workbook and page are written a block of rows at a time) and an asset event on
+   `woo-mirakl://reports/reconciliation/<marketplace>`.
 6. **write_back_commissions** — each WooCommerce order's Mirakl commission to date as order meta
    (`mirakl_commission`, `mirakl_commission_tax`, `mirakl_commission_currency`, `mirakl_commission_as_of`).
    Meta rather than a fee line: a fee line would change the total the customer sees and what WooCommerce

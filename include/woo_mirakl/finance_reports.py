@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 REPORTS_ENV = "WOO_MIRAKL_REPORTS_DIR"
 SHEETS = ("summary", "lines", "findings", "payouts")
+EXCEL_MAX_ROWS = 1_048_576
 TREND_DAYS = 28
 SERIES = (("sales", "Sales", "#2b6cb0"), ("commissions", "Commission", "#c05621"), ("payout_paid", "Payout", "#2f855a"))
 
@@ -116,6 +117,9 @@ def _write_workbook(frames: dict[str, pd.DataFrame], path: Path, day: date) -> N
     from openpyxl import Workbook
     from openpyxl.utils import get_column_letter
 
+    too_long = [name for name in SHEETS if len(frames[name]) + 1 > EXCEL_MAX_ROWS]
+    if too_long:  # as pandas' own writer: say so rather than write a workbook Excel cannot open
+        raise ValueError(f"sheets {too_long} exceed Excel's {EXCEL_MAX_ROWS:,} rows")
     book = Workbook(write_only=True)
     book.properties.title = f"Mirakl reconciliation {day.isoformat()}"
     for name in SHEETS:

@@ -152,9 +152,9 @@ def _utc(series: pd.Series) -> pd.Series:
 
 
 def transactions_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """TL02 lines (the API's dicts) as one row each, ids and amounts typed."""
+    """TL02 lines (the API's dicts) as one row each, ids and amounts typed; ``rows`` is read once,
+    as it comes (each dict may go as soon as its row is taken)."""
     pd = _pd()
-    rows = list(rows)
     records = [
         (
             r.get("id"), r.get("type"), r.get("amount"), r.get("currency_iso_code"),
@@ -168,17 +168,39 @@ def transactions_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return normalise_transactions(frame)
 
 
+# Columns that repeat across lines (a type, a currency, a cycle, an order's four lines or more):
+# held as categories, each distinct text once and a small integer per line, so a million lines
+# cost tens of megabytes, not the hundreds one Python string per cell would.
+CATEGORY_COLUMNS = ("type", "currency", "billing_cycle_id", "document_number", "order_id", "order_line_id")
+
+
 def normalise_transactions(frame: pd.DataFrame) -> pd.DataFrame:
     """Typed columns for a frame with :data:`TRANSACTION_COLUMNS` (also used by the benchmark)."""
     pd = _pd()
     out = frame.reindex(columns=TRANSACTION_COLUMNS).copy()
-    for column in ("transaction_id", "currency", "billing_cycle_id", "document_number", "order_id",
-                   "order_line_id"):
-        out[column] = out[column].astype("string")
-    out["type"] = out["type"].astype("string").astype("category")  # few distinct values: cheap to group
+    out["transaction_id"] = out["transaction_id"].astype("string")
+    out = _categorise(out)
     out["amount"] = _money(out["amount"])
     out["date_created"] = _utc(out["date_created"]) if len(out) else pd.Series([], dtype="datetime64[ns, UTC]")
     return out
+
+
+def _categorise(frame: pd.DataFrame) -> pd.DataFrame:
+    pd = _pd()
+    for column in CATEGORY_COLUMNS:
+        if not isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype("string").astype("category")
+    return frame
+
+
+def concat_lines(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Transaction-line frames one after the other, still categorised (pandas falls back to
+    plain objects when the categories of the parts differ)."""
+    pd = _pd()
+    frames = list(frames)
+    if not frames:
+        return transactions_frame([])
+    return _categorise(pd.concat(frames, ignore_index=True))
 
 
 def documents_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -385,13 +407,17 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype="string" if c in ("order_id", "order_line_id") else "float64")
                              for c in ["order_id", "order_line_id", *AMOUNT_COLUMNS]})
     # one key per order line; a line-less order row keys on its order (marked so it cannot clash)
-    keys = sub["order_line_id"].to_numpy(dtype=object, na_value=None)
-    orders = sub["order_id"].to_numpy(dtype=object)
-    no_line = sub["order_line_id"].isna().to_numpy()
-    if no_line.any():
-        keys = keys.copy()
-        keys[no_line] = ["\x00order:" + o for o in orders[no_line]]
-    key_codes, uniques = pd.factorize(keys)
+    line_ids = sub["order_line_id"]
+    no_line = line_ids.isna().to_numpy()
+    if isinstance(line_ids.dtype, pd.CategoricalDtype) and not no_line.any():
+        key_codes, uniques = pd.factorize(line_ids.cat.codes.to_numpy())  # integers: no string hashing
+    else:
+        keys = line_ids.to_numpy(dtype=object, na_value=None)
+        if no_line.any():
+            orders = sub["order_id"].to_numpy(dtype=object)
+            keys = keys.copy()
+            keys[no_line] = ["\x00order:" + o for o in orders[no_line]]
+        key_codes, uniques = pd.factorize(keys)
     first = np.empty(len(uniques), dtype=np.int64)
     first[key_codes[::-1]] = np.arange(len(key_codes) - 1, -1, -1)  # first row of each key
     column_of = {name: i for i, name in enumerate(AMOUNT_COLUMNS)}
@@ -400,9 +426,9 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
     sums = np.bincount(key_codes * width + bucket_codes, weights=sub["amount"].fillna(0.0).to_numpy(dtype=float),
                        minlength=len(uniques) * width).reshape(len(uniques), width)
     out = pd.DataFrame(np.round(sums, 2), columns=AMOUNT_COLUMNS)
-    line_ids = sub["order_line_id"].to_numpy(dtype=object, na_value="")[first]
-    out.insert(0, "order_id", pd.array(orders[first], dtype="string"))
-    out.insert(1, "order_line_id", pd.array(line_ids, dtype="string"))
+    orders = sub["order_id"].to_numpy(dtype=object)[first]
+    out.insert(0, "order_id", pd.array(orders, dtype="string"))
+    out.insert(1, "order_line_id", pd.array(line_ids.to_numpy(dtype=object, na_value="")[first], dtype="string"))
     return out
 
 
@@ -684,7 +710,8 @@ def _chunks(values: list[Any], size: int = ORDER_IDS_PER_CALL) -> Iterable[list[
 
 
 class Stage:
-    """One run's raw inputs as JSON files, handed from task to task (XComs carry only counts)."""
+    """One run's inputs as files, handed from task to task (XComs carry only counts): small ones as
+    JSON, lines (Mirakl's transaction lines, WooCommerce's order lines) as typed frames."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -701,7 +728,8 @@ class Stage:
         return len(rows)
 
     def save_lines(self, name: str, frame: pd.DataFrame) -> int:
-        """Transaction lines as a typed frame: a million lines as JSON would cost gigabytes to read back.
+        """Lines (Mirakl's transaction lines, WooCommerce's order lines) as a typed frame: a million
+        lines as JSON would cost gigabytes to read back.
 
         Pickle is only ever read back by this integration from its own staging directory.
         """
@@ -712,6 +740,13 @@ class Stage:
         tmp.replace(path)
         (self.directory / f"{name}.json").unlink(missing_ok=True)
         return len(frame)
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """A frame staged by :meth:`save_lines`."""
+        path = self.directory / f"{name}.pkl"
+        if not path.exists():
+            raise FileNotFoundError(f"staged input {path} is missing: run the extract tasks of this day first")
+        return _pd().read_pickle(path)
 
     def lines(self, name: str) -> pd.DataFrame:
         """Staged transaction lines, whichever way they were saved."""
@@ -734,16 +769,15 @@ class Stage:
             history_lines=self.lines("history_lines"),
             cycle_lines=self.lines("cycle_lines"),
             documents=documents_frame(self.load("documents")),
-            woo_lines=woo_lines_frame(self.load("woo_orders"), marketplace),
+            woo_lines=self.frame("woo_lines"),
             woo_refunds=woo_refunds_frame(self.load("woo_refunds")),
             ledger_orders=ledger_frame((m, w) for m, w in self.load("ledger")),
         )
 
     def all_transaction_lines(self) -> pd.DataFrame:
         """Every TL02 line this run read, once each: what the expectation suite checks."""
-        pd = _pd()
         frames = [self.lines(n) for n in ("day_lines", "cycle_lines", "history_lines")]
-        return pd.concat(frames, ignore_index=True).drop_duplicates("transaction_id", ignore_index=True)
+        return concat_lines(frames).drop_duplicates("transaction_id", ignore_index=True)
 
 
 def extract_mirakl_day(mirakl: Any, ledger: Any, marketplace: str, day: Day, stage: Stage, *,
@@ -838,7 +872,10 @@ def extract_woocommerce(woo: Any, ledger: Any, marketplace: str, day: Day, grace
     marketplace_orders = [o for o in orders.values() if _meta(o.get("meta_data"), META_MARKETPLACE) == marketplace]
     pairs += [(str(_meta(o["meta_data"], META_ORDER_ID)), int(o["id"])) for o in marketplace_orders]
     refunds = [r for r in refunds if int(r.get("parent_id") or 0) in {int(o["id"]) for o in marketplace_orders}]
-    return {"woo_orders": stage.save("woo_orders", sorted(marketplace_orders, key=lambda o: o["id"])),
+    # staged as their typed lines: a day's quarter of a million orders read back as JSON costs ~500 MB
+    woo_lines = woo_lines_frame(sorted(marketplace_orders, key=lambda o: o["id"]), marketplace)
+    stage.save_lines("woo_lines", woo_lines)
+    return {"woo_orders": len(marketplace_orders),
             "woo_refunds": stage.save("woo_refunds", refunds),
             "ledger": stage.save("ledger", sorted(set(pairs)))}
 
@@ -846,7 +883,7 @@ def extract_woocommerce(woo: Any, ledger: Any, marketplace: str, day: Day, grace
 def extract_mirakl_history(mirakl: Any, marketplace: str, day: Day, grace_days: int, stage: Stage) -> dict[str, int]:
     """TL02 lines up to the day's end of the day's orders (commission to date) and of the WooCommerce
     orders shipped ``grace_days`` ago (have they reached Mirakl?)."""
-    woo = woo_lines_frame(stage.load("woo_orders"), marketplace)
+    woo = stage.frame("woo_lines")
     window = day.start - timedelta(days=grace_days)
     shipped = woo.loc[(woo["date_completed"] >= window) & (woo["date_completed"] < window + timedelta(days=1)),
                       "mirakl_order_id"]
@@ -860,8 +897,7 @@ def extract_mirakl_history(mirakl: Any, marketplace: str, day: Day, grace_days: 
         for t in mirakl.iter_transactions(order_id=chunk, date_created_to=day.end, limit=TL02_PAGE)
     )
     frames = [day_lines.loc[day_lines["order_id"].isin(new)], history]
-    lines = _pd().concat([f for f in frames if len(f)] or [history], ignore_index=True)
-    lines["type"] = lines["type"].astype("string").astype("category")
+    lines = concat_lines([f for f in frames if len(f)] or [history])
     return {"history_lines": stage.save_lines("history_lines", lines), "orders": len(ids),
             "read_by_tl02": len(older)}
 

@@ -15,13 +15,16 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk.definitions.param import ParamsDict
 
-from include.woo_mirakl import human_review as hr
+# human_review (and the Mirakl models under it) is imported by the methods: the DAG file only
+# maps this operator, which builds no instance, and parsing must not pay for those modules.
 
 
 class OrderReviewOperator(HITLOperator):
     """Ask a person to accept or refuse a Mirakl order, line by line, before its deadline."""
 
     def __init__(self, *, marketplace: str, order_id: str, timeout_default: str = "refuse", **kwargs: Any):
+        from include.woo_mirakl import human_review as hr
+
         self.marketplace = marketplace
         self.order_id = order_id
         # the wait is bounded by response_timeout (set when it runs), never by the flows' execution_timeout
@@ -35,6 +38,7 @@ class OrderReviewOperator(HITLOperator):
         )
 
     def execute(self, context: Any) -> Any:
+        from include.woo_mirakl import human_review as hr
         from include.woo_mirakl.config import get_marketplace
         from include.woo_mirakl.ledger import get_ledger
 
@@ -67,6 +71,7 @@ class OrderReviewOperator(HITLOperator):
                                   lambda subject, body: send_alert(subject, body, context))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from include.woo_mirakl import human_review as hr
         from include.woo_mirakl.config import get_marketplace
         from include.woo_mirakl.ledger import get_ledger
 

@@ -202,3 +202,19 @@ def test_a_download_url_on_another_host_never_gets_the_key(sandbox):
     mirakl = MiraklClient(sandbox.mirakl_url, sandbox.mirakl.api_key, retry=FAST)
     with pytest.raises(ValueError, match="refusing to send the API key"):
         list(mirakl.iter_export_file("https://files.example.com/x?file=0.json", "TL05"))
+
+
+def test_chunks_of_a_single_ndjson_line_keep_their_line(sandbox, tmp_path, both):
+    """One NDJSON line is a whole JSON object: it is the chunk's one item, not a chunk without items."""
+    by_tl02, _, _ = both
+    with sandbox.lock:
+        sandbox.mirakl.configure(export_items_per_chunk=1)
+    try:
+        ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+        result = run_day(sandbox, tmp_path, ledger, export_above=3, scope="d")
+    finally:
+        with sandbox.lock:
+            sandbox.mirakl.configure(export_items_per_chunk=7)
+    assert result["extracted"]["source"] == "TL03"
+    assert ops(result["calls"]).count("TL05") == result["extracted"]["day_lines"] == by_tl02["extracted"]["day_lines"]
+    assert result["reports"] == by_tl02["reports"]

@@ -196,3 +196,15 @@ def test_reports_have_every_file_sheet_and_chart_and_a_rerun_replaces_only_that_
     assert pd.read_csv(again.findings_csv).empty
     assert other.summary_csv.read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "reconciliation" / "sandbox").iterdir()) == ["2026-03-09", "2026-03-10"]
+
+
+def test_a_day_too_long_for_an_excel_sheet_fails_clearly_and_keeps_the_earlier_report(tmp_path, monkeypatch):
+    lines = sale("A", 100.0, 5.0) + sale("B", 20.0, 0.0)
+    result = reconcile(inputs(lines, [woo_order(1, "A", 105.0), woo_order(2, "B", 20.0)]), RULES, DAY)
+    paths = finance_reports.write_reports(result, "sandbox", DAY.day, tmp_path)
+    before = {p.name: p.read_bytes() for p in paths.directory.iterdir()}
+    monkeypatch.setattr(finance_reports, "EXCEL_MAX_ROWS", len(result.lines))  # the header row is one more
+    with pytest.raises(ValueError, match=r"'lines'.*\] exceed Excel's 2 rows"):
+        finance_reports.write_reports(result, "sandbox", DAY.day, tmp_path)
+    assert {p.name: p.read_bytes() for p in paths.directory.iterdir()} == before
+    assert [p.name for p in paths.directory.parent.iterdir()] == [DAY.day.isoformat()]  # no half-written report

@@ -661,16 +661,18 @@ class MiraklClient(HttpClient):
         transaction_type: Iterable[str] | None = None,
         order_id: Iterable[str] | None = None,
         items_per_chunk: int | None = None,
+        export_format: str = "JSON",
     ) -> str:
         """TL03 (once a day at most): export the transaction lines matching the filters; returns
         the tracking id for TL04. Not retried after it may have landed: a second request would
-        spend the day's only call."""
+        spend the day's only call. ``export_format`` NDJSON lets :meth:`iter_export_file` parse
+        the chunks one line at a time."""
         body = {
             "date_created_from": _iso(date_created_from), "date_created_to": _iso(date_created_to),
             "last_updated_from": _iso(last_updated_from),
             "seller_billing_cycle_id": _list_or_none(seller_billing_cycle_id),
             "transaction_type": _list_or_none(transaction_type), "order_id": _list_or_none(order_id),
-            "items_per_chunk": items_per_chunk, "format": "JSON",
+            "items_per_chunk": items_per_chunk, "format": export_format,
         }
         answer = self._call("POST", "/api/sellerpayment/transactions_logs/async", "TL03",
                             json_body={k: v for k, v in body.items() if v is not None}, idempotent=False) or {}
@@ -720,12 +722,11 @@ class MiraklClient(HttpClient):
             return
         try:
             data = json.loads(stripped)
-        except ValueError:  # NDJSON: one item a line
-            try:
-                data = [json.loads(line) for line in stripped.splitlines() if line.strip()]
-            except ValueError:
-                raise MalformedResponseError(self.service, operation, 200,
-                                             f"{len(text)} characters, not JSON nor NDJSON") from None
+        except ValueError:  # NDJSON: one item a line, parsed as read (a chunk's items are never all held)
+            yield from _ndjson_items(stripped, self.service, operation)
+            return
+        if isinstance(data, dict) and "data" not in data:
+            data = [data]  # NDJSON of a single item
         items = data.get("data") if isinstance(data, dict) else data
         yield from (i for i in items or [] if isinstance(i, dict))
 
@@ -741,6 +742,25 @@ class MiraklClient(HttpClient):
         for raw in self._iter_seek("M11", "/api/inbox/threads", params,
                                    id_of=lambda d: str(d.get("id")), limit=limit):
             yield MessageThread.from_api(raw)
+
+
+def _ndjson_items(text: str, service: str, operation: str) -> Iterator[dict]:
+    # by offsets, not io.StringIO (which copies the text at four bytes a character)
+    start, number = 0, 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line, start, number = text[start:end], end + 1, number + 1
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise MalformedResponseError(service, operation, 200,
+                                         f"line {number} is not JSON ({len(text)} characters, not JSON nor NDJSON)"
+                                         ) from None
+        if isinstance(item, dict):
+            yield item
 
 
 def _date_header(headers: Mapping[str, str]) -> datetime | None:
