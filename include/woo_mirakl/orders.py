@@ -78,6 +78,9 @@ RECOVERY_MARGIN = timedelta(minutes=15)
 # them) and WooCommerce creates (a small store's few PHP workers; as the inventory's page reads).
 OR21_WORKERS = 4
 WOO_WORKERS = 3
+# A run scheduled on the minute starts a little earlier or later in it than the previous one did:
+# the listing waits this long for OR11's once-a-minute slot rather than skip a whole minute.
+OR11_SLOT_WAIT = 10.0
 
 EXC_INVALID = "order_invalid"
 EXC_DEADLINE = "acceptance_deadline"
