@@ -255,10 +255,7 @@ class OrderIngest:
         A payload that cannot be read is quarantined alone; should the database refuse the batch
         (one order's value it cannot store), the orders are stored one at a time so only that one is.
         """
-        try:
-            known = self.ledger.get_orders(self.mp, {str(o.order_id) for o in orders})
-        except Exception:  # noqa: BLE001 - an unstorable id: the one-at-a-time path finds it
-            known = {}
+        known = self.ledger.get_orders(self.mp, {str(o.order_id) for o in orders})
         prepared: list[tuple[Order, dict[str, Any], list[dict], list[str], bool]] = []
         for order in orders:
             try:
