@@ -155,7 +155,7 @@ def floor_latencies(created: list[float], first_tick: float, each_page_counts: b
 
 # The flow -----------------------------------------------------------------------------------
 def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_counts: bool,
-             max_cycles: int = 600) -> dict[str, Any]:
+             max_cycles: int = 600, workers: dict[str, int] | None = None) -> dict[str, Any]:
     """Cycles on every minute boundary until every order is decided; ``arrivals``: (offset s, count)."""
     from include.woo_mirakl.budgets import LedgerCallBudget, marketplace_limits
     from include.woo_mirakl.clients.http import RetryPolicy
@@ -170,12 +170,15 @@ def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_co
     sandbox_now = lambda: datetime.fromtimestamp(sb("now"), timezone.utc)  # noqa: E731
     retry = RetryPolicy(base_delay=0.05, max_delay=0.5)
     limits = marketplace_limits("default", each_page_counts)
-    budget = LedgerCallBudget(ledger, "bench", clock=sandbox_now, limits=limits)
+    from include.woo_mirakl.orders import OR11_SLOT_WAIT
+
+    # as the DAG's listing task: a cycle starting a little early in its minute waits for the slot
+    budget = LedgerCallBudget(ledger, "bench", clock=sandbox_now, limits=limits, max_wait=OR11_SLOT_WAIT)
     mirakl = MiraklClient(info["mirakl_url"], info["api_key"], shop_id=info["shop_id"], budget=budget,
                           limits=limits, retry=retry)
     woo = WooCommerceClient(info["woo_url"], info["ck"], info["cs"], retry=retry)
     flow = OrderIngest(get_marketplace("sandbox"), ledger, mirakl=mirakl, woo=woo, clock=sandbox_now,
-                       initial_lookback=timedelta(hours=1))
+                       initial_lookback=timedelta(hours=1), **(workers or {}))
     start = sb("now")
     start = start - start % MINUTE + MINUTE  # the first minute boundary
     calls_before = sb("calls")
@@ -279,9 +282,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive", type=int, default=20, help="orders of the naive per-order baseline")
     parser.add_argument("--latency-scale", type=float, default=1.0, help="1 = the real store's pace")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--or21-workers", type=int, default=None, help="OR21 calls at once (default: the flow's)")
+    parser.add_argument("--woo-workers", type=int, default=None,
+                        help="WooCommerce creates at once (default: the flow's)")
     args = parser.parse_args(argv)
     scale = args.latency_scale
-    header(f"order ingest bench: latency profile x{scale}, {args.skus} SKUs, schedule every minute")
+    from include.woo_mirakl import orders as flow_module
+    workers = {"or21_workers": args.or21_workers or flow_module.OR21_WORKERS,
+               "woo_workers": args.woo_workers or flow_module.WOO_WORKERS}
+    header(f"order ingest bench: latency profile x{scale}, {args.skus} SKUs, schedule every minute, "
+           f"{workers['or21_workers']} OR21 and {workers['woo_workers']} WooCommerce creates at once")
     targets: list[Target] = []
 
     def sandbox() -> SandboxProcess:
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.scenario in ("all", "cycle"):
         sb = sandbox()
         try:
-            r = run_flow(sb, [(-30.0, args.cycle_orders)], each_page_counts=True)
+            r = run_flow(sb, [(-30.0, args.cycle_orders)], each_page_counts=True, workers=workers)
             base = run_naive(sb, args.naive)
         finally:
             sb.stop()
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         for each_page_counts in (True, False):
             sb = sandbox()
             try:
-                r = run_flow(sb, [(-100.0, args.orders)], each_page_counts)
+                r = run_flow(sb, [(-100.0, args.orders)], each_page_counts, workers=workers)
             finally:
                 sb.stop()
             reading = "each page counts" if each_page_counts else "a listing counts once"
@@ -327,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         sb = sandbox()
         try:
             arrivals = [(MINUTE * m, args.rate) for m in range(args.minutes)]
-            r = run_flow(sb, arrivals, each_page_counts=True)
+            r = run_flow(sb, arrivals, each_page_counts=True, workers=workers)
         finally:
             sb.stop()
         floor = floor_latencies(r["created"], r["first_tick"], True, scale, sb.info["woo_concurrency"])

@@ -28,12 +28,12 @@ from include.woo_mirakl.dag_factory import marketplace_dags
 FLOW = "mirakl_order_ingest"
 
 
-def _flow(marketplace_name: str, mirakl: bool = False, woo: bool = False):
+def _flow(marketplace_name: str, mirakl: bool = False, woo: bool = False, mirakl_wait: float = 0.0):
     """The plain-Python flow with the clients it needs (imported here: parsing stays light)."""
     from include.woo_mirakl.orders import OrderIngest
     from include.woo_mirakl.wiring import wire
 
-    w = wire(marketplace_name)
+    w = wire(marketplace_name, mirakl_wait=mirakl_wait)
     return OrderIngest(w.marketplace, w.ledger, mirakl=w.mirakl() if mirakl else None, woo=w.woo() if woo else None)
 
 
@@ -42,7 +42,9 @@ def build(marketplace: Marketplace) -> None:
 
     @task(pool="mirakl_api")
     def fetch_changes() -> dict[str, int]:
-        return _flow(name, mirakl=True).fetch_changes()
+        from include.woo_mirakl.orders import OR11_SLOT_WAIT
+
+        return _flow(name, mirakl=True, mirakl_wait=OR11_SLOT_WAIT).fetch_changes()
 
     @task(pool="woocommerce_api")
     def decide_and_reserve() -> dict[str, int]:

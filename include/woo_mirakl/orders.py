@@ -52,7 +52,7 @@ from include.woo_mirakl.order_mapping import (
     shipping_line_id,
     vanished_lines,
 )
-from include.woo_mirakl.writes import DONE, FINAL, RETRY, UNCERTAIN, Write, Writer
+from include.woo_mirakl.writes import DONE, FINAL, RETRY, UNCERTAIN, Write, WriteResult, Writer
 from include.woo_mirakl.order_money import expected_total, totals_problem
 from include.woo_mirakl.unseen_demand import record_listing
 
@@ -74,6 +74,13 @@ CLOCK_TOLERANCE = timedelta(minutes=5)
 PARTIAL_DISABLED = "ORDER_PARTIAL_ACCEPTANCE_DISABLED"
 # WooCommerce's clock may differ from ours: look for a lost create this far before its intent.
 RECOVERY_MARGIN = timedelta(minutes=15)
+# Calls in flight at once: OR21 (no published maximum; one task slot of the mirakl_api pool sends
+# them) and WooCommerce creates (a small store's few PHP workers; as the inventory's page reads).
+OR21_WORKERS = 4
+WOO_WORKERS = 3
+# A run scheduled on the minute starts a little earlier or later in it than the previous one did:
+# the listing waits this long for OR11's once-a-minute slot rather than skip a whole minute.
+OR11_SLOT_WAIT = 10.0
 
 EXC_INVALID = "order_invalid"
 EXC_DEADLINE = "acceptance_deadline"
@@ -132,6 +139,8 @@ class OrderIngest:
         clock: Callable[[], datetime] = _utcnow,
         overlap: timedelta = OVERLAP,
         initial_lookback: timedelta = INITIAL_LOOKBACK,
+        or21_workers: int = OR21_WORKERS,
+        woo_workers: int = WOO_WORKERS,
     ):
         self.marketplace = marketplace
         self.mp = marketplace.name
@@ -141,6 +150,8 @@ class OrderIngest:
         self.clock = clock
         self.overlap = overlap
         self.initial_lookback = initial_lookback
+        self.or21_workers = or21_workers
+        self.woo_workers = woo_workers
         self.writer = Writer(ledger, marketplace.name)
         self._created: dict[str, dict] = {}  # WooCommerce's answers to this run's creates, by Mirakl order id
 
@@ -176,16 +187,12 @@ class OrderIngest:
             if not orders:
                 result.add("skipped")
                 return result.as_dict()
-        for order in orders:
-            try:
-                result.add(self._record(order))
-            except Exception as error:  # noqa: BLE001 - one order's payload must never stop intake
-                log.warning("%s: order %s quarantined: %s", self.mp, order.order_id, error)
-                self._quarantine(order, [f"cannot be read: {type(error).__name__}: {error}"])
-                result.add("quarantined")
+        self._record_all(orders, result)
         result.add("read", len(orders))
         latest_plausible = self._mirakl_now() + CLOCK_TOLERANCE
-        newest = max((d for d in (self._plausible_update(o, latest_plausible) for o in orders) if d), default=None)
+        updates = [self._plausible_update(o, latest_plausible) for o in orders]
+        self.ledger.resolve_exceptions(EXC_FUTURE, {str(o.order_id) for o, d in zip(orders, updates) if d}, self.mp)
+        newest = max((d for d in updates if d), default=None)
         # The first listing of a cycle sets the low-water mark: any update after that call is
         # later than everything it returned, so restarting from it misses nothing.
         low_water = parse_datetime(cursor.get("low_water")) if resume_from else newest
@@ -218,9 +225,7 @@ class OrderIngest:
         """The order's last update, unless it is later than Mirakl's own clock allows: then an exception."""
         updated = order.last_updated_date
         if updated is None or updated <= latest:
-            if updated is not None:
-                self.ledger.resolve_exception(EXC_FUTURE, order.order_id, self.mp)
-            return updated
+            return updated  # the caller resolves an earlier exception, for the whole listing at once
         self.ledger.raise_exception(
             EXC_FUTURE, order.order_id,
             {"order_id": order.order_id, "last_updated_date": order.raw.get("last_updated_date"),
@@ -244,21 +249,56 @@ class OrderIngest:
             self.mp,
         )
 
-    def _record(self, order: Order) -> str:
-        """Store one OR11 order and its lines; returns what happened (new / changed / unchanged)."""
-        existing = self.ledger.get_order(self.mp, order.order_id)
+    def _record_all(self, orders: list[Order], result: StepResult) -> None:
+        """Store the listing's orders and lines in one transaction (new / changed / unchanged each).
+
+        A payload that cannot be read is quarantined alone; should the database refuse the batch
+        (one order's value it cannot store), the orders are stored one at a time so only that one is.
+        """
+        known = self.ledger.get_orders(self.mp, {str(o.order_id) for o in orders})
+        prepared: list[tuple[Order, dict[str, Any], list[dict], list[str], bool]] = []
+        for order in orders:
+            try:
+                found = self._prepare(order, known.get(str(order.order_id)))
+            except Exception as error:  # noqa: BLE001 - one order's payload must never stop intake
+                self._quarantined(order, error, result)
+                continue
+            if found is None:
+                result.add("unchanged")
+            else:
+                prepared.append((order, *found))
+        try:
+            self._store(prepared)
+        except Exception:  # noqa: BLE001 - find the one the database refuses, store the others
+            stored = []
+            for entry in prepared:
+                try:
+                    self._store([entry])
+                    stored.append(entry)
+                except Exception as error:  # noqa: BLE001
+                    self._quarantined(entry[0], error, result)
+            prepared = stored
+        for order, *_ in prepared:
+            result.add("changed" if str(order.order_id) in known else "new")
+
+    def _quarantined(self, order: Order, error: Exception, result: StepResult) -> None:
+        log.warning("%s: order %s quarantined: %s", self.mp, order.order_id, error)
+        self._quarantine(order, [f"cannot be read: {type(error).__name__}: {error}"])
+        result.add("quarantined")
+
+    def _prepare(self, order: Order, existing: OrderRecord | None) -> tuple[dict[str, Any], list[dict], list[str], bool] | None:
+        """What to store of one OR11 order (fields, lines, problems, whether it had problems); None if unchanged."""
         if (
             existing is not None
             and existing.mirakl_state == order.order_state
             and existing.last_mirakl_update == order.last_updated_date
         ):
-            return "unchanged"
+            return None
         detail = dict(existing.detail or {}) if existing else {}
         problems = acceptance_problems(order) if order.order_state == WAITING else payload_problems(order.raw)
         had_problems = bool(detail.get("problems"))
         detail.update(payload=order.raw, problems=problems)
-        self.ledger.upsert_order(
-            self.mp, order.order_id,
+        fields = dict(
             commercial_id=_text(order.commercial_id),
             mirakl_state=_text(order.order_state),
             currency=(_text(order.currency_iso_code) or "")[:3] or None,
@@ -279,17 +319,22 @@ class OrderIngest:
             for line in order.order_lines
             if line.order_line_id not in ("", "None")
         ]
-        if lines:
-            self.ledger.set_order_lines(self.mp, order.order_id, lines)
-        if problems:
-            self.ledger.raise_exception(
-                EXC_INVALID, order.order_id,
-                {"order_id": order.order_id, "commercial_id": order.commercial_id, "problems": problems},
-                self.mp,
-            )
-        elif had_problems:
-            self.ledger.resolve_exception(EXC_INVALID, order.order_id, self.mp)
-        return "new" if existing is None else "changed"
+        return fields, lines, problems, had_problems
+
+    def _store(self, prepared: list[tuple[Order, dict[str, Any], list[dict], list[str], bool]]) -> None:
+        if not prepared:
+            return
+        self.ledger.upsert_orders(
+            self.mp, {str(o.order_id): fields for o, fields, *_ in prepared},
+            {str(o.order_id): lines for o, _, lines, *_ in prepared if lines},
+        )
+        for o, _, _, problems, _ in prepared:  # rare, and each carries its own (latest) detail
+            if problems:
+                self.ledger.raise_exception(
+                    EXC_INVALID, o.order_id,
+                    {"order_id": o.order_id, "commercial_id": o.commercial_id, "problems": problems}, self.mp)
+        self.ledger.resolve_exceptions(
+            EXC_INVALID, [str(o.order_id) for o, _, _, problems, had in prepared if had and not problems], self.mp)
 
     # ---- 2. decisions and reservations --------------------------------------------------------
     def decide_and_reserve(self) -> dict[str, int]:
@@ -306,7 +351,7 @@ class OrderIngest:
         to_reserve = [r for r in waiting if r.decision in ("accepted", "partially") and r.woo_order_id is None
                       and not (r.detail or {}).get("reservation_failed")]
         to_reserve.extend(self._accepted_without_woo_order(result))
-        decided_now: list[str] = []
+        decided_now: dict[str, tuple[Order, list[LineDecision]]] = {}
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
             refs = self.woo.products_by_sku(skus)
@@ -333,15 +378,14 @@ class OrderIngest:
                     continue
                 decisions = _all_or_nothing(decisions, self.marketplace.order_policy.partial_acceptance, promised,
                                             lambda sku: pool_of(sku, stock))
-                decided = self._save_decisions(order, decisions)
-                result.add(f"decided_{decided.decision}")
-                decided_now.append(decided.mirakl_order_id)
-                if decided.decision != "refused":
-                    to_reserve.append(decided)
+                decided_now[str(order.order_id)] = (order, decisions)
+                result.add(f"decided_{order_decision(decisions)}")
+            saved = self._save_decisions(decided_now)
+            to_reserve.extend(r for i, r in saved.items() if r.decision != "refused")
         if to_reserve:
             self._reserve(to_reserve, result)
-        for order_id in decided_now:
-            log.info("%s", decision_line(self.ledger.get_order(self.mp, order_id)))
+        for record in self.ledger.get_orders(self.mp, decided_now).values():
+            log.info("%s", decision_line(record))
         return result.as_dict()
 
     def _accepted_without_woo_order(self, result: StepResult) -> list[OrderRecord]:
@@ -407,14 +451,18 @@ class OrderIngest:
             "action": "whole order refused; set order_policy.partial_acceptance to refuse_all or accept_all",
         }, self.mp, severity="warning")
 
-    def _save_decisions(self, order: Order, decisions: list[LineDecision]) -> OrderRecord:
-        self.ledger.set_order_lines(self.mp, order.order_id, [
-            {"mirakl_order_line_id": d.line_id, "decision": d.decision, "decision_reason": d.reason}
-            for d in decisions
-        ])
-        return self.ledger.upsert_order(
-            self.mp, order.order_id, decision=order_decision(decisions), decided_at=self.clock()
+    def _save_decisions(self, decided: dict[str, tuple[Order, list[LineDecision]]]) -> dict[str, OrderRecord]:
+        """Every order's and line's decision, in one transaction; the orders as stored, in ``decided``'s order."""
+        if not decided:
+            return {}
+        now = self.clock()
+        saved = self.ledger.upsert_orders(
+            self.mp,
+            {i: {"decision": order_decision(decisions), "decided_at": now} for i, (_, decisions) in decided.items()},
+            {i: [{"mirakl_order_line_id": d.line_id, "decision": d.decision, "decision_reason": d.reason}
+                 for d in decisions] for i, (_, decisions) in decided.items()},
         )
+        return {i: saved[i] for i in decided}
 
     def _reservation(self, record: OrderRecord, body: dict, attempt: str = "") -> Write:
         def outcome(woo_order: dict) -> dict[str, Any]:
@@ -433,18 +481,22 @@ class OrderIngest:
         )
 
     def _reserve(self, records: list[OrderRecord], result: StepResult) -> None:
-        pending: list[tuple[OrderRecord, Write, ActionRecord]] = []
-        lost: list[tuple[OrderRecord, Write, ActionRecord]] = []
+        """The reservations of ``records``: every intent in one transaction, the creates a few at a
+        time, every outcome in one transaction, then the orders' WooCommerce ids in one more."""
+        writes = []
         for record in records:
             order = _order(record)
             accepted = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
             body = reservation_order(self.marketplace, order, accepted)
             attempt = (record.detail or {}).get("reservation_attempt")
             # an earlier reservation lost a product and was undone: a new one
-            write = self._reservation(record, body, f"#{attempt}" if attempt else "")
-            action = self.writer.begin(write)
+            writes.append(self._reservation(record, body, f"#{attempt}" if attempt else ""))
+        pending: list[tuple[OrderRecord, Write, ActionRecord]] = []
+        lost: list[tuple[OrderRecord, Write, ActionRecord]] = []
+        held: list[tuple[OrderRecord, dict]] = []  # (record, outcome) to store as the order's WooCommerce order
+        for record, write, action in zip(records, writes, self.writer.begin_all(writes)):
             if action.state == "done":
-                self._remember_woo_order(record, action.outcome or {})
+                held.append((record, action.outcome or {}))
                 result.add("already_reserved")
             elif action.state == "failed":
                 result.add("reservation_failed")
@@ -463,10 +515,18 @@ class OrderIngest:
                 done = self.writer.settled(write, action, {
                     "woo_order_id": woo_order["id"], "shipping_line_id": shipping_line_id(woo_order),
                     "found_after_crash": True})
-                self._remember_woo_order(record, done.outcome or {})
+                held.append((record, done.outcome or {}))
                 result.add("recovered")
-        for record, write, action in pending:
-            self._create(record, write, action, result)
+        sent = self.writer.send_all([(write, action) for _, write, action in pending], self.woo_workers)
+        created: list[tuple[OrderRecord, dict]] = []
+        for (record, _, _), outcome in zip(pending, sent):
+            woo_order = self._created.pop(record.mirakl_order_id, None)
+            if self._created_one(record, outcome, woo_order, result):
+                held.append((record, outcome.outcome or {}))
+                created.append((record, woo_order))
+        self._remember_woo_orders(held)
+        self._check_all_totals(created)
+        self.ledger.resolve_exceptions(EXC_RESERVE, [record.mirakl_order_id for record, _ in created], self.mp)
 
     def _find_created(self, lost: list[OrderRecord]) -> dict[str, dict]:
         """WooCommerce orders carrying our ``_mirakl_order_id``, modified since the earliest intent."""
@@ -481,19 +541,17 @@ class OrderIngest:
                     found[str(order_id)] = woo_order
         return found
 
-    def _create(self, record: OrderRecord, write: Write, action: ActionRecord, result: StepResult) -> None:
-        sent = self.writer.send(write, action)
+    def _created_one(self, record: OrderRecord, sent: WriteResult, woo_order: dict | None,
+                     result: StepResult) -> bool:
+        """How one create ended; True when WooCommerce now holds the order's accepted lines."""
         if sent.status == DONE:
-            woo_order = self._created.pop(record.mirakl_order_id)
             gone = (sent.outcome or {}).get("vanished_lines")
             if gone:
-                self._undo_reservation(record, woo_order, gone, result)
-                return
-            self._remember_woo_order(record, sent.outcome or {})
-            self._check_totals(record, woo_order)
-            self.ledger.resolve_exception(EXC_RESERVE, record.mirakl_order_id, self.mp)
+                self._undo_reservation(record, woo_order or {"id": sent.outcome["woo_order_id"]}, gone, result)
+                return False
             result.add("reserved")
-        elif sent.status == UNCERTAIN:
+            return True
+        if sent.status == UNCERTAIN:
             result.add("reservation_uncertain")
         elif sent.status == RETRY:
             result.add("reservation_retry")
@@ -505,6 +563,7 @@ class OrderIngest:
                 self.mp, severity="critical",
             )
             result.add("reservation_failed")
+        return False
 
     def _undo_reservation(self, record: OrderRecord, woo_order: dict, gone: list[str], result: StepResult) -> None:
         """A created order that lost a product reserves nothing for it: cancel it, refuse or leave the lines."""
@@ -540,25 +599,35 @@ class OrderIngest:
         result.add("vanished_refused")
 
     def _check_totals(self, record: OrderRecord, woo_order: dict) -> None:
-        """WooCommerce's total must be what Mirakl charged for the lines it holds (within a cent)."""
-        held = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
-        problem = totals_problem(woo_order, expected_total((record.detail or {}).get("payload") or {}, held))
-        if problem:
-            self.ledger.raise_exception(
-                EXC_TOTALS, record.mirakl_order_id,
-                {"order_id": record.mirakl_order_id, "woo_order_id": woo_order.get("id"), "problem": problem},
-                self.mp,
-            )
-        else:
-            self.ledger.resolve_exception(EXC_TOTALS, record.mirakl_order_id, self.mp)
+        self._check_all_totals([(record, woo_order)])
 
-    def _remember_woo_order(self, record: OrderRecord, outcome: dict) -> None:
-        detail = dict(record.detail or {})
-        detail["woo_shipping_line_id"] = outcome.get("shipping_line_id")
-        self.ledger.upsert_order(
-            self.mp, record.mirakl_order_id, woo_order_id=int(outcome["woo_order_id"]), woo_status="on-hold",
-            detail=detail,
-        )
+    def _check_all_totals(self, orders: list[tuple[OrderRecord, dict | None]]) -> None:
+        """WooCommerce's total must be what Mirakl charged for the lines it holds (within a cent)."""
+        fine: list[str] = []
+        for record, woo_order in orders:
+            if not isinstance(woo_order, dict):
+                continue
+            held = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
+            problem = totals_problem(woo_order, expected_total((record.detail or {}).get("payload") or {}, held))
+            if problem:
+                self.ledger.raise_exception(
+                    EXC_TOTALS, record.mirakl_order_id,
+                    {"order_id": record.mirakl_order_id, "woo_order_id": woo_order.get("id"), "problem": problem},
+                    self.mp,
+                )
+            else:
+                fine.append(record.mirakl_order_id)
+        self.ledger.resolve_exceptions(EXC_TOTALS, fine, self.mp)
+
+    def _remember_woo_orders(self, held: list[tuple[OrderRecord, dict]]) -> None:
+        """Each order's WooCommerce order (``on-hold``) and shipping line, in one transaction."""
+        if not held:
+            return
+        self.ledger.upsert_orders(self.mp, {
+            record.mirakl_order_id: {
+                "woo_order_id": int(outcome["woo_order_id"]), "woo_status": "on-hold",
+                "detail": {**(record.detail or {}), "woo_shipping_line_id": outcome.get("shipping_line_id")}}
+            for record, outcome in held})
 
     def _flag(self, record: OrderRecord, **changes: Any) -> None:
         detail = dict(record.detail or {})
@@ -567,8 +636,14 @@ class OrderIngest:
 
     # ---- 3. OR21 ------------------------------------------------------------------------------
     def send_decisions(self) -> dict[str, int]:
-        """OR21 for every decided order whose accepted lines are held in WooCommerce."""
+        """OR21 for every decided order whose accepted lines are held in WooCommerce.
+
+        The intents in one transaction, the calls ``or21_workers`` at a time, the outcomes in one
+        transaction, the orders' flags in one more.
+        """
         result = StepResult()
+        due: list[tuple[OrderRecord, dict[str, bool]]] = []
+        writes: list[Write] = []
         for record in self.ledger.orders_in_states(self.mp, [WAITING]):
             detail = record.detail or {}
             if record.decision is None or detail.get("or21_sent"):
@@ -576,19 +651,16 @@ class OrderIngest:
             if record.decision != "refused" and record.woo_order_id is None:
                 continue  # never accept what WooCommerce does not hold yet
             decisions = {line.mirakl_order_line_id: line.decision == ACCEPTED for line in record.lines}
+            due.append((record, decisions))
+            writes.append(self._acceptance(record, decisions))
+        sent_ok: list[OrderRecord] = []
+        answered: list[str] = []
+        for (record, decisions), sent in zip(due, self.writer.write_all(writes, self.or21_workers)):
             order_id = record.mirakl_order_id
-            key = self._key(KIND_ACCEPT, order_id) + (":all-or-nothing" if detail.get("partial_refused") else "")
-            request = {"order_id": order_id, "order_lines": sorted(decisions.items())}
-            sent = self.writer.write(Write(
-                key=key, kind=KIND_ACCEPT, target=order_id, request=request,
-                send=lambda: self.mirakl.accept_order(order_id, decisions),
-                outcome=lambda _: {"accepted": sum(decisions.values()), "lines": len(decisions)},
-                landed_if_rejected=True,  # an earlier attempt may have landed: the next OR11 tells
-            ))
             if sent.status == DONE:
-                self._flag(record, or21_sent=True)
+                sent_ok.append(record)
                 if sent.sent:
-                    self.ledger.resolve_exception(EXC_ACCEPT, order_id, self.mp)
+                    answered.append(order_id)
                     result.add("sent")
             elif sent.status == UNCERTAIN:
                 result.add("uncertain")
@@ -603,8 +675,24 @@ class OrderIngest:
                     self.mp, severity="critical",
                 )
                 result.add("failed")
+        if sent_ok:
+            self.ledger.upsert_orders(self.mp, {
+                r.mirakl_order_id: {"detail": {**(r.detail or {}), "or21_sent": True}} for r in sent_ok})
+            self.ledger.resolve_exceptions(EXC_ACCEPT, answered, self.mp)
         self._settle_uncertain_acceptances(result)
         return result.as_dict()
+
+    def _acceptance(self, record: OrderRecord, decisions: dict[str, bool]) -> Write:
+        order_id = record.mirakl_order_id
+        key = self._key(KIND_ACCEPT, order_id) + (":all-or-nothing" if (record.detail or {}).get("partial_refused")
+                                                  else "")
+        return Write(
+            key=key, kind=KIND_ACCEPT, target=order_id,
+            request={"order_id": order_id, "order_lines": sorted(decisions.items())},
+            send=lambda: self.mirakl.accept_order(order_id, decisions),
+            outcome=lambda _: {"accepted": sum(decisions.values()), "lines": len(decisions)},
+            landed_if_rejected=True,  # an earlier attempt may have landed: the next OR11 tells
+        )
 
     def _settle_uncertain_acceptances(self, result: StepResult) -> None:
         """An OR21 of unknown outcome whose order has left WAITING_ACCEPTANCE did land."""

@@ -19,7 +19,8 @@ A write still not done after :data:`PERSISTENT_AFTER` attempts is :attr:`WriteRe
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +126,67 @@ class Writer:
 
     def send(self, write: Write, action: ActionRecord) -> WriteResult:
         """Make the call of a begun action and record what it tells."""
+        finish, result = self._call(write, action)
+        return result(self.ledger.finish_actions([finish])[0])
+
+    def write_all(self, writes: Sequence[Write], workers: int = 1) -> list[WriteResult]:
+        """:meth:`write` for many writes (without ``settle``), in three steps whatever their number:
+        every intent in one transaction, the calls by at most ``workers`` threads at once, every
+        outcome in one transaction. A crash between the calls and the outcomes leaves the intents,
+        which the next attempt treats as uncertain, exactly as for a single write."""
+        writes = list(writes)
+        if not writes:
+            return []
+        actions = self.begin_all(writes)
+        results: list[WriteResult | None] = [None] * len(writes)
+        to_send: list[int] = []
+        for i, (write, action) in enumerate(zip(writes, actions)):
+            if action.state == "done":
+                results[i] = WriteResult(DONE, action, action.outcome)
+            elif action.state == "failed":
+                results[i] = WriteResult(FINAL, action, error=action.error)
+            elif action.state == "uncertain" and not write.repeatable and not write.landed_if_rejected:
+                results[i] = WriteResult(UNCERTAIN, action, error=action.error)
+            else:
+                to_send.append(i)
+        for i, result in zip(to_send, self.send_all([(writes[i], actions[i]) for i in to_send], workers)):
+            results[i] = result
+        return [r for r in results if r is not None]
+
+    def begin_all(self, writes: Sequence[Write]) -> list[ActionRecord]:
+        """:meth:`begin` for many writes in one transaction."""
+        return self.ledger.begin_actions(
+            [{"key": w.key, "kind": w.kind, "target": w.target, "request": w.request, "supersede": w.supersede}
+             for w in writes], self.marketplace)
+
+    def send_all(self, begun: Sequence[tuple[Write, ActionRecord]], workers: int = 1) -> list[WriteResult]:
+        """:meth:`send` for many begun actions: calls by at most ``workers`` threads, outcomes in one
+        transaction (the threads never touch the ledger's transactions)."""
+        if not begun:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(begun))), thread_name_prefix="write") as pool:
+            futures = [pool.submit(self._call, write, action) for write, action in begun]
+        calls = [f.result() for f in futures if f.exception() is None]
+        finished = self.ledger.finish_actions([finish for finish, _ in calls])
+        for future in futures:  # an unexpected error: the others' outcomes are recorded first
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return [result(action) for (_, result), action in zip(calls, finished)]
+
+    def _call(self, write: Write, action: ActionRecord) -> tuple[dict[str, Any], Callable[[ActionRecord], WriteResult]]:
+        """Make the call; returns the outcome to record and how to build the result from the recorded action."""
         key = write.key
+
+        def end(state: str, status: str, error: BaseException | None = None, *, retryable: bool | None,
+                sent: bool = True, outcome: Mapping[str, Any] | None = None):
+            message = None if error is None else str(error)
+            finish = {"key": key, "state": state, "outcome": outcome, "error": message, "retryable": retryable}
+            if isinstance(error, BudgetExceeded):
+                finish["error"] = f"call budget used up: {error}"
+            return finish, lambda recorded: WriteResult(
+                status, recorded, recorded.outcome if status == DONE else None,
+                error=message, exception=error, sent=sent)
+
         try:
             value = write.send()
         except WriteRefused as error:
@@ -135,29 +196,21 @@ class Writer:
                 self.ledger.fail_action(key, f"not sent: {error}", retryable=True)
             raise
         except BudgetExceeded as error:
-            failed = self.ledger.fail_action(key, f"call budget used up: {error}", retryable=True)
-            return WriteResult(RETRY, failed, error=str(error), exception=error)
+            return end("failed", RETRY, error, retryable=True, sent=False)
         except UncertainWriteError as error:
-            marked = self.ledger.mark_action_uncertain(key, str(error))
-            return WriteResult(UNCERTAIN, marked, error=str(error), exception=error, sent=True)
+            return end("uncertain", UNCERTAIN, error, retryable=True)
         except ApiError as error:
             if error.status == 401:  # refused for every record, not for this one: the task fails
                 self.ledger.fail_action(key, str(error), retryable=True)
                 raise
             if error.status >= 500 or error.status == 429:
-                failed = self.ledger.fail_action(key, str(error), retryable=True)
-                return WriteResult(RETRY, failed, error=str(error), exception=error, sent=True)
+                return end("failed", RETRY, error, retryable=True)
             if write.landed_if_rejected and action.state == "uncertain":
-                marked = self.ledger.mark_action_uncertain(key, str(error))
-                return WriteResult(UNCERTAIN, marked, error=str(error), exception=error, sent=True)
-            failed = self.ledger.fail_action(key, str(error), retryable=False)
-            return WriteResult(FINAL, failed, error=str(error), exception=error, sent=True)
+                return end("uncertain", UNCERTAIN, error, retryable=True)
+            return end("failed", FINAL, error, retryable=False)
         except ClientError as error:  # never reached the API, or a repeatable write: safe to send again
-            failed = self.ledger.fail_action(key, str(error), retryable=True)
-            return WriteResult(RETRY, failed, error=str(error), exception=error, sent=True)
-        done = self.ledger.complete_action(key, write.outcome(value))
-        return WriteResult(DONE, done, done.outcome, sent=True)
-
+            return end("failed", RETRY, error, retryable=True)
+        return end("done", DONE, retryable=None, outcome=write.outcome(value))
 
 __all__ = ["DONE", "FINAL", "PERSISTENT_AFTER", "RETRY", "UNCERTAIN", "Write", "WriteResult", "Writer",
            "concerns_every_record"]

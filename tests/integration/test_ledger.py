@@ -510,3 +510,61 @@ def test_the_password_never_shows(pg_ledger_url):
         Ledger.from_url(f"mysql://root:{SECRET}@db/ledger")
     assert SECRET not in str(bad.value)
     dispose_engines()
+
+
+def test_many_orders_and_lines_in_one_transaction(ledger, clock):
+    """The order flow's bulk forms: what upsert_order / set_order_lines would store, for many orders."""
+    ledger.upsert_order(MP, "B-1", mirakl_state="WAITING_ACCEPTANCE", detail={"kept": True})
+    ledger.set_order_lines(MP, "B-1", [{"mirakl_order_line_id": "B-1-1", "offer_sku": "SKU-1", "quantity": 1}])
+    clock.advance(minutes=1)
+    saved = ledger.upsert_orders(
+        MP,
+        {"B-1": {"decision": "partially", "decided_at": clock.now}, "B-2": {"mirakl_state": "SHIPPING"}},
+        {"B-1": [{"mirakl_order_line_id": "B-1-1", "decision": "accepted"},
+                 {"mirakl_order_line_id": "B-1-2", "offer_sku": "SKU-2", "quantity": 3, "decision": "refused"}],
+         "B-2": [{"mirakl_order_line_id": "B-2-1", "offer_sku": "SKU-1", "quantity": 2}]},
+    )
+    assert set(saved) == {"B-1", "B-2"}
+    one = saved["B-1"]
+    assert (one.mirakl_state, one.decision, one.detail, one.updated_at) == (
+        "WAITING_ACCEPTANCE", "partially", {"kept": True}, clock.now)
+    assert [(line.offer_sku, line.quantity, line.decision) for line in one.lines] == [
+        ("SKU-1", 1, "accepted"), ("SKU-2", 3, "refused")]
+    assert saved["B-2"].mirakl_state == "SHIPPING" and len(saved["B-2"].lines) == 1
+    assert ledger.get_orders(MP, ["B-1", "B-2", "missing"]) == {"B-1": ledger.get_order(MP, "B-1"),
+                                                               "B-2": ledger.get_order(MP, "B-2")}
+    with pytest.raises(ValueError, match="decision"):
+        ledger.upsert_orders(MP, {"B-3": {"decision": "maybe"}})
+    with pytest.raises(ValueError, match="mirakl_order_line_id"):
+        ledger.upsert_orders(MP, {}, {"B-1": [{"offer_sku": "SKU-9"}]})
+    assert ledger.get_order(MP, "B-3") is None  # nothing of a refused batch is stored
+
+
+def test_many_actions_begun_and_finished_in_one_transaction(ledger, clock):
+    writes = [{"key": f"OR21:{i}", "kind": "mirakl.OR21", "target": str(i), "request": {"i": i}} for i in range(3)]
+    begun = ledger.begin_actions(writes, MP)
+    assert [(a.created, a.state) for a in begun] == [(True, "intent")] * 3
+    finished = ledger.finish_actions([
+        {"key": "OR21:0", "state": "done", "outcome": {"amount": Decimal("1.50")}},
+        {"key": "OR21:1", "state": "uncertain", "error": "dropped", "retryable": True},
+        {"key": "OR21:2", "state": "failed", "error": "HTTP 400", "retryable": False},
+    ])
+    assert [a.state for a in finished] == ["done", "uncertain", "failed"]
+    assert finished[0].outcome == {"amount": "1.50"} and finished[0].finished_at == clock.now
+    # begun again, each as begin_action would: done stays done, an unfinished one is uncertain
+    assert [a.state for a in ledger.begin_actions(writes, MP)] == ["done", "uncertain", "failed"]
+    with pytest.raises(ActionConflictError):
+        ledger.begin_actions([{**writes[0], "request": {"i": "other"}}], MP)
+    with pytest.raises(NotFoundError):
+        ledger.finish_actions([{"key": "never-begun", "state": "done"}])
+    with pytest.raises(ValueError, match="state"):
+        ledger.finish_actions([{"key": "OR21:0", "state": "intent"}])
+
+
+def test_many_exceptions_resolved_at_once(ledger):
+    for key in ("X-1", "X-2", "X-3"):
+        ledger.raise_exception("order_invalid", key, {"key": key}, MP)
+    assert sorted(ledger.resolve_exceptions("order_invalid", ["X-1", "X-3", "unknown"], MP)) == ["X-1", "X-3"]
+    assert ledger.resolve_exceptions("order_invalid", [], MP) == []
+    assert [ledger.get_exception("order_invalid", k, MP).status for k in ("X-1", "X-2", "X-3")] == [
+        "resolved", "open", "resolved"]

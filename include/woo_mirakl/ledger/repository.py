@@ -331,6 +331,62 @@ class Ledger:
             s.execute(update(Order).where(Order.id == order_id).values(updated_at=now))
             return self._load_orders(s, Order.id == order_id)[0]
 
+    def upsert_orders(
+        self, marketplace: str, orders: Mapping[str, Mapping[str, Any]],
+        lines: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+    ) -> dict[str, OrderRecord]:
+        """:meth:`upsert_order` and :meth:`set_order_lines` for many orders in one transaction.
+
+        ``orders``: the fields to set per Mirakl order id (empty for none but the lines');
+        ``lines``: per order id, its lines as :meth:`set_order_lines` takes them. Returns the
+        orders as stored, by id.
+        """
+        lines = {order_id: list(rows) for order_id, rows in (lines or {}).items()}
+        now = self._now()
+        order_rows = []
+        for order_id, fields in {**{i: {} for i in lines}, **orders}.items():
+            fields = dict(fields)
+            _check_fields("order", fields, ORDER_FIELDS)
+            _check_choice("order decision", fields.get("decision"), ORDER_DECISIONS)
+            _check_aware(fields)
+            if "detail" in fields:
+                fields["detail"] = _jsonable(fields["detail"])
+            order_rows.append({"marketplace": marketplace, "mirakl_order_id": order_id, **fields, "updated_at": now})
+        for order_id, rows in lines.items():
+            for line in rows:
+                if not line.get("mirakl_order_line_id"):
+                    raise ValueError(f"order {order_id}: every line needs a mirakl_order_line_id, got {dict(line)!r}")
+                _check_fields("order line", set(line) - {"mirakl_order_line_id"}, LINE_FIELDS)
+                _check_choice("line decision", line.get("decision"), LINE_DECISIONS)
+        ids = [row["mirakl_order_id"] for row in order_rows]
+        with self.session() as s, s.begin():
+            self._upsert(s, Order.__table__, ("marketplace", "mirakl_order_id"), order_rows)
+            if lines:
+                db_ids = self._order_ids(s, marketplace, list(lines))
+                self._upsert(s, OrderLine.__table__, ("order_id", "mirakl_order_line_id"), [
+                    {**line, "order_id": db_ids[order_id], "updated_at": now}
+                    for order_id, rows in lines.items() for line in rows])
+            return self._orders_by_id(s, marketplace, ids)
+
+    def get_orders(self, marketplace: str, mirakl_order_ids: Iterable[str]) -> dict[str, OrderRecord]:
+        """The ledger's orders among ``mirakl_order_ids``, by id (absent ones left out)."""
+        with self.session(write=False) as s, s.begin():
+            return self._orders_by_id(s, marketplace, list(mirakl_order_ids))
+
+    def _order_ids(self, s: Session, marketplace: str, mirakl_order_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(mirakl_order_ids):
+            found.update(s.execute(select(Order.mirakl_order_id, Order.id).where(
+                Order.marketplace == marketplace, Order.mirakl_order_id.in_(chunk))).all())
+        return found
+
+    def _orders_by_id(self, s: Session, marketplace: str, mirakl_order_ids: Sequence[str]) -> dict[str, OrderRecord]:
+        found: dict[str, OrderRecord] = {}
+        for chunk in _chunks(mirakl_order_ids):
+            for record in self._load_orders(s, Order.marketplace == marketplace, Order.mirakl_order_id.in_(chunk)):
+                found[record.mirakl_order_id] = record
+        return found
+
     def orders_in_states(self, marketplace: str, states: Iterable[str]) -> list[OrderRecord]:
         with self.session(write=False) as s, s.begin():
             return self._load_orders(s, Order.marketplace == marketplace, Order.mirakl_state.in_(list(states)))
@@ -391,48 +447,61 @@ class Ledger:
         content changed (an address corrected, a tracking number fixed) starts a new generation of
         the action in state ``intent``; whatever an earlier generation did, the new content wins.
         """
-        digest = request_digest(request)
+        with self.session() as s, s.begin():
+            return self._begin_action(s, key, kind, target, request, marketplace, supersede, self._now())
+
+    def begin_actions(self, writes: Sequence[Mapping[str, Any]], marketplace: str) -> list[ActionRecord]:
+        """:meth:`begin_action` for many writes in one transaction (``key``, ``kind``, ``target``,
+        ``request`` and optionally ``supersede`` each): every intent is committed before any call."""
         now = self._now()
         with self.session() as s, s.begin():
-            inserted = s.connection().execute(
-                self._insert(Action.__table__)
-                .values(
-                    idempotency_key=key, marketplace=marketplace, kind=kind, target=target, request_digest=digest,
-                    state="intent", attempts=1, started_at=now, last_attempt_at=now, created_at=now, generation=1,
-                )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            return [self._begin_action(s, w["key"], w["kind"], w.get("target"), w["request"], marketplace,
+                                       bool(w.get("supersede")), now) for w in writes]
+
+    def _begin_action(
+        self, s: Session, key: str, kind: str, target: str | None, request: Mapping[str, Any], marketplace: str,
+        supersede: bool, now: dt.datetime,
+    ) -> ActionRecord:
+        digest = request_digest(request)
+        inserted = s.connection().execute(
+            self._insert(Action.__table__)
+            .values(
+                idempotency_key=key, marketplace=marketplace, kind=kind, target=target, request_digest=digest,
+                state="intent", attempts=1, started_at=now, last_attempt_at=now, created_at=now, generation=1,
             )
-            action = s.execute(select(Action).where(Action.idempotency_key == key).with_for_update()).scalar_one()
-            if inserted.rowcount == 1:
-                return _record(ActionRecord, action, created=True)
-            if action.kind != kind or (action.request_digest != digest and not supersede):
-                raise ActionConflictError(
-                    f"action {key!r} ({action.kind}, state {action.state}) was begun with a different request "
-                    f"(digest {action.request_digest[:12]}… vs {digest[:12]}…, kind {kind}); "
-                    "a request is never sent twice with different content"
-                )
-            if action.request_digest != digest:
-                action.request_digest = digest
-                action.generation += 1
-                action.state = "intent"
-                action.attempts = 1
-                action.started_at = now
-                action.last_attempt_at = now
-                action.finished_at = None
-                action.outcome = None
-                action.retryable = None
-            elif action.state == "intent" or action.state == "uncertain":
-                # A previous attempt stopped between intent and outcome: the request may have landed.
-                action.state = "uncertain"
-                action.attempts += 1
-                action.last_attempt_at = now
-            elif action.state == "failed" and action.retryable:
-                action.state = "intent"
-                action.attempts += 1
-                action.last_attempt_at = now
-                action.finished_at = None
-            s.flush()
-            return _record(ActionRecord, action)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        )
+        action = s.execute(select(Action).where(Action.idempotency_key == key).with_for_update()).scalar_one()
+        if inserted.rowcount == 1:
+            return _record(ActionRecord, action, created=True)
+        if action.kind != kind or (action.request_digest != digest and not supersede):
+            raise ActionConflictError(
+                f"action {key!r} ({action.kind}, state {action.state}) was begun with a different request "
+                f"(digest {action.request_digest[:12]}… vs {digest[:12]}…, kind {kind}); "
+                "a request is never sent twice with different content"
+            )
+        if action.request_digest != digest:
+            action.request_digest = digest
+            action.generation += 1
+            action.state = "intent"
+            action.attempts = 1
+            action.started_at = now
+            action.last_attempt_at = now
+            action.finished_at = None
+            action.outcome = None
+            action.retryable = None
+        elif action.state == "intent" or action.state == "uncertain":
+            # A previous attempt stopped between intent and outcome: the request may have landed.
+            action.state = "uncertain"
+            action.attempts += 1
+            action.last_attempt_at = now
+        elif action.state == "failed" and action.retryable:
+            action.state = "intent"
+            action.attempts += 1
+            action.last_attempt_at = now
+            action.finished_at = None
+        s.flush()
+        return _record(ActionRecord, action)
 
     def complete_action(self, key: str, outcome: Mapping[str, Any] | None = None) -> ActionRecord:
         """The call succeeded (or its effect was found): record the outcome."""
@@ -450,16 +519,29 @@ class Ledger:
         self, key: str, state: str, outcome: dict[str, Any] | None, error: str | None, retryable: bool | None
     ) -> ActionRecord:
         with self.session() as s, s.begin():
-            action = s.execute(select(Action).where(Action.idempotency_key == key).with_for_update()).scalar_one_or_none()
-            if action is None:
-                raise NotFoundError(f"no action with idempotency key {key!r}; call begin_action first")
-            action.state = state
-            action.outcome = outcome
-            action.error = error
-            action.retryable = retryable
-            action.finished_at = self._now()
-            s.flush()
-            return _record(ActionRecord, action)
+            return self._finish(s, key, state, outcome, error, retryable, self._now())
+
+    def finish_actions(self, finishes: Sequence[Mapping[str, Any]]) -> list[ActionRecord]:
+        """Many outcomes in one transaction: each a mapping of ``key``, ``state`` (done, failed or
+        uncertain), ``outcome``, ``error`` and ``retryable``, as the single-action methods record them."""
+        now = self._now()
+        with self.session() as s, s.begin():
+            return [self._finish(s, f["key"], f["state"], _jsonable(f.get("outcome")), f.get("error"),
+                                 f.get("retryable"), now) for f in finishes]
+
+    def _finish(self, s: Session, key: str, state: str, outcome: dict[str, Any] | None, error: str | None,
+                retryable: bool | None, now: dt.datetime) -> ActionRecord:
+        _check_choice("action outcome state", state, ("done", "failed", "uncertain"))
+        action = s.execute(select(Action).where(Action.idempotency_key == key).with_for_update()).scalar_one_or_none()
+        if action is None:
+            raise NotFoundError(f"no action with idempotency key {key!r}; call begin_action first")
+        action.state = state
+        action.outcome = outcome
+        action.error = error
+        action.retryable = retryable
+        action.finished_at = now
+        s.flush()
+        return _record(ActionRecord, action)
 
     def get_action(self, key: str) -> ActionRecord | None:
         with self.session(write=False) as s, s.begin():
@@ -627,6 +709,14 @@ class Ledger:
         """Resolve one exception; False if there was none unresolved."""
         with self.session() as s, s.begin():
             return bool(self._resolve(s, marketplace, kind, [key]))
+
+    def resolve_exceptions(self, kind: str, keys: Iterable[str], marketplace: str) -> list[str]:
+        """:meth:`resolve_exception` for many keys in one transaction; returns those resolved."""
+        keys = list(keys)
+        if not keys:
+            return []
+        with self.session() as s, s.begin():
+            return self._resolve(s, marketplace, kind, keys)
 
     def resolve_missing(self, kind: str, marketplace: str, still_open_keys: Iterable[str]) -> list[str]:
         """Resolve the exceptions of `kind` whose key was not seen in this run; returns their keys."""

@@ -1,0 +1,47 @@
+"""The order flow writes its ledger per step, not per order (issue #16).
+
+A cycle of twelve new orders must cost the ledger as many transactions as a cycle of one: the
+intake, the decisions, the reservations' intents and outcomes and the OR21s' are each written
+for the whole batch at once. Counted on the ledger's own engine, which the DAG's tasks share.
+"""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event
+
+from tests.e2e.test_order_ingest import mirakl_state, place, run, woo_orders_by_mirakl_id
+
+pytestmark = pytest.mark.usefixtures("airflow_env")
+SKUS = ("WP-MUG", "WP-TEE", "WP-CAP")
+
+
+@pytest.fixture(scope="module")
+def catalogue(sandbox):
+    for sku in SKUS:
+        sandbox.woo.add_simple_product(sku, "10.00", 500)
+    with sandbox.lock:
+        for sku in SKUS:
+            sandbox.mirakl.add_offer(sku, 10.0, 500)
+
+
+def _cycle_transactions(sandbox, ledger, orders: int) -> tuple[int, list[str]]:
+    placed = [place(sandbox, [(SKUS[i % 3], 1), (SKUS[(i + 1) % 3], 2)], i) for i in range(orders)]
+    commits: list[int] = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(ledger._engine, "commit", listener)
+    try:
+        assert run(sandbox, ledger).state == "success"
+    finally:
+        event.remove(ledger._engine, "commit", listener)
+    return len(commits), placed
+
+
+def test_a_cycle_costs_the_ledger_the_same_transactions_for_one_order_or_twelve(sandbox, ledger, catalogue):
+    assert run(sandbox, ledger).state == "success"  # first listing: cursors and budgets exist from here on
+    one, first = _cycle_transactions(sandbox, ledger, 1)
+    twelve, batch = _cycle_transactions(sandbox, ledger, 12)
+    for order_id in first + batch:  # each reserved once and accepted
+        assert mirakl_state(sandbox, order_id) == "WAITING_DEBIT_PAYMENT"
+        assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
+        assert ledger.get_action(f"sandbox:mirakl.OR21:{order_id}").state == "done"
+    assert one > 0 and twelve == one, f"{twelve} ledger transactions for 12 orders, {one} for one"
