@@ -102,7 +102,8 @@ def build(marketplace: Marketplace) -> None:
         from include.woo_mirakl.reconciliation import extract_mirakl_day as extract
 
         day = _run_day(get_current_context())
-        print(f"reconciles: {reconciles} (business date of this run)")
+        # flush: stdout is a pipe, and lines flushed only at exit land under "Post Execute" in the log view
+        print(f"reconciles: {reconciles} (business date of this run)", flush=True)
         ledger = get_ledger()
         return extract(_mirakl(get_marketplace(name), ledger), ledger, name, day, _stage(name, day))
 
