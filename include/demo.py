@@ -127,16 +127,13 @@ def fresh_ledger_file(url: str) -> None:
 
 def main() -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    from airflow.models import DagBag
+    from airflow.models import Connection, DagBag
 
     from include.sandbox.core import Sandbox
     from include.sandbox.scenarios import apply_scenario
     from include.sandbox.sinks import MailSink, SlackSink
-    from airflow.models import Connection
-
-    from include.woo_mirakl.ledger import Ledger, ledger_url_from_connection
-
     from include.woo_mirakl.finance_reports import reports_root
+    from include.woo_mirakl.ledger import Ledger, ledger_url_from_connection
 
     # Outside a task the Task SDK cannot read Airflow's metadata DB, the models can.
     ledger_url = ledger_url_from_connection(Connection.get_connection_from_secrets("woo_mirakl_ledger"))
