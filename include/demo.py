@@ -54,6 +54,14 @@ class Demo:
             lines = ", ".join(f"{l['offer_sku']}×{l['quantity']} {l['order_line_state']}" for l in order["order_lines"])
             print(f"  Mirakl {order['order_id']}: {order['order_state']:<22} {lines}")
 
+    def verification(self) -> None:
+        """The verify report as the task logged it (at INFO, below the demo's log level), from the ledger."""
+        from include.woo_mirakl.account import FLOW, Check, VerifyReport
+
+        last = self.ledger.get_cursor(FLOW, MARKETPLACE, "last_verify", {})
+        report = VerifyReport(MARKETPLACE, datetime.fromisoformat(last["checked_at"]), [Check(**c) for c in last["checks"]])
+        print("\n".join(f"  {line}" for line in report.render().splitlines()))
+
     def reconcile(self, days: list[date]) -> None:
         """One reconciliation run per day, as a backfill makes them (a run dated D+1 02:30 reconciles D)."""
         from include.woo_mirakl.finance_reports import day_paths, read_summary
@@ -159,6 +167,7 @@ def main() -> int:
         demo = Demo(sandbox, ledger, bag.dags)
 
         demo.run("mirakl_account", "Verify the connections", conf={"action": "verify"})
+        demo.verification()
         demo.run("mirakl_order_ingest", "Accept or refuse new orders, reserve stock in WooCommerce")
         demo.mirakl_orders(world["orders"])
         demo.pass_time(180)  # the operator debits the customers
