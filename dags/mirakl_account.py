@@ -27,6 +27,7 @@ from airflow.sdk import Param, get_current_context, task
 
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.dag_factory import marketplace_dags
+from include.woo_mirakl.task_log import tell
 
 # The form's choices; include.woo_mirakl.account validates the same values at run time.
 FLOW = "mirakl_account"
@@ -132,7 +133,7 @@ def build(marketplace: Marketplace) -> None:
         context = get_current_context()
         checks = [Check(**c) for c in [*mirakl, *woocommerce]]
         report = VerifyReport(marketplace.name, datetime.now(timezone.utc), checks)
-        print(report.render())
+        tell(report.render())
         record_verification(get_ledger(), report, context["run_id"])
         summary = report.summary()
         context["ti"].xcom_push(key="summary", value=summary)  # passed or not, under the README's key
@@ -170,7 +171,7 @@ def build(marketplace: Marketplace) -> None:
                  *([f"Already paused, left as they are: {', '.join(listing.already_paused)}."]
                    if listing.already_paused else []),
                  *([f"WARNING: {listing.problem}"] if listing.problem else [])]
-        print("\n".join([heading, *(f"  - {line}" for line in lines)]))
+        tell("\n".join([heading, *(f"  - {line}" for line in lines)]))
         return {"dry_run": request.dry_run, "policy": plan.policy, "counts": plan.counts(),
                 "flows": list(plan.flows), "flows_listed_via": listing.how, "can_pause": listing.can_pause,
                 "already_paused": list(listing.already_paused),
@@ -200,7 +201,7 @@ def build(marketplace: Marketplace) -> None:
                 f"{', '.join(plan.flows) or 'none'}. The marketplace is marked 'disconnecting' in the ledger."
             ) from None
         account.record_paused(ledger, marketplace.name, paused, pauser.how)
-        print(f"paused via {pauser.how}: {', '.join(paused) or 'no other flow found'}")
+        tell(f"paused via {pauser.how}: {', '.join(paused) or 'no other flow found'}")
         hook = MiraklHook(marketplace.mirakl_conn_id)
         # A one-off manual flow may wait for its call slots (STO01/OF24 once a minute, STO02 every 15 s).
         client = hook.get_client(budget=hook.get_budget(ledger, max_wait=65.0))
@@ -210,8 +211,8 @@ def build(marketplace: Marketplace) -> None:
         authorization = account.revoke_mirakl_authorization(hook, ledger, marketplace.name)
         summary = {**outcome.summary(), "paused": paused, "paused_via": pauser.how, "status": state["status"],
                    "authorization": authorization}
-        print(f"offers policy {plan.policy!r}: sent {len(outcome.sent)} request(s), "
-              f"{len(outcome.already_done)} already sent by an earlier run; imports: {outcome.imports}")
+        tell(f"offers policy {plan.policy!r}: sent {len(outcome.sent)} request(s), "
+             f"{len(outcome.already_done)} already sent by an earlier run; imports: {outcome.imports}")
         if outcome.failures:
             get_current_context()["ti"].xcom_push(key="summary", value=summary)
             raise AirflowFailException("disconnected, but Mirakl reported problems: " + "; ".join(outcome.failures))
@@ -226,7 +227,7 @@ def build(marketplace: Marketplace) -> None:
         _skip_unless("reconnect")
         pauser = account.default_pauser()
         state = account.reconnect(get_ledger(), marketplace.name, pauser)
-        print(state.get("note") or f"resumed via {pauser.how}: {', '.join(state['resumed_flows']) or 'no flow'}")
+        tell(state.get("note") or f"resumed via {pauser.how}: {', '.join(state['resumed_flows']) or 'no flow'}")
         return state
 
     reconnect(report_verification(verify_mirakl(), verify_woocommerce()))

@@ -50,6 +50,7 @@ from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from include.woo_mirakl.config import Marketplace
 from include.woo_mirakl.dag_factory import marketplace_dags
+from include.woo_mirakl.task_log import tell
 
 FLOW = "mirakl_payout_reconciliation"
 GRACE_DAYS = 3  # a WooCommerce order shipped this many days ago must have reached Mirakl's lines
@@ -110,7 +111,7 @@ def build(marketplace: Marketplace) -> None:
         from include.woo_mirakl.reconciliation import extract_mirakl_day as extract
 
         day = _run_day(get_current_context())
-        print(f"reconciles: {reconciles} (business date of this run)")
+        tell(f"reconciles: {reconciles} (business date of this run)")
         ledger = get_ledger()
         return extract(_mirakl(get_marketplace(name), ledger), ledger, name, day, _stage(name, day))
 

@@ -54,6 +54,14 @@ class Demo:
             lines = ", ".join(f"{l['offer_sku']}×{l['quantity']} {l['order_line_state']}" for l in order["order_lines"])
             print(f"  Mirakl {order['order_id']}: {order['order_state']:<22} {lines}")
 
+    def verification(self) -> None:
+        """The verify report as the task logged it (at INFO, below the demo's log level), from the ledger."""
+        from include.woo_mirakl.account import FLOW, Check, VerifyReport
+
+        last = self.ledger.get_cursor(FLOW, MARKETPLACE, "last_verify", {})
+        report = VerifyReport(MARKETPLACE, datetime.fromisoformat(last["checked_at"]), [Check(**c) for c in last["checks"]])
+        print("\n".join(f"  {line}" for line in report.render().splitlines()))
+
     def reconcile(self, days: list[date]) -> None:
         """One reconciliation run per day, as a backfill makes them (a run dated D+1 02:30 reconciles D)."""
         from include.woo_mirakl.finance_reports import day_paths, read_summary
@@ -127,16 +135,13 @@ def fresh_ledger_file(url: str) -> None:
 
 def main() -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    from airflow.models import DagBag
+    from airflow.models import Connection, DagBag
 
     from include.sandbox.core import Sandbox
     from include.sandbox.scenarios import apply_scenario
     from include.sandbox.sinks import MailSink, SlackSink
-    from airflow.models import Connection
-
-    from include.woo_mirakl.ledger import Ledger, ledger_url_from_connection
-
     from include.woo_mirakl.finance_reports import reports_root
+    from include.woo_mirakl.ledger import Ledger, ledger_url_from_connection
 
     # Outside a task the Task SDK cannot read Airflow's metadata DB, the models can.
     ledger_url = ledger_url_from_connection(Connection.get_connection_from_secrets("woo_mirakl_ledger"))
@@ -162,6 +167,7 @@ def main() -> int:
         demo = Demo(sandbox, ledger, bag.dags)
 
         demo.run("mirakl_account", "Verify the connections", conf={"action": "verify"})
+        demo.verification()
         demo.run("mirakl_order_ingest", "Accept or refuse new orders, reserve stock in WooCommerce")
         demo.mirakl_orders(world["orders"])
         demo.pass_time(180)  # the operator debits the customers

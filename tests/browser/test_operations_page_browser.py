@@ -193,6 +193,8 @@ def open_task_log(page, airflow: Airflow, run_id: str, task_id: str, text: str) 
 
 
 def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_paging(airflow: Airflow, page) -> None:
+    from playwright.sync_api import expect
+
     from include.woo_mirakl.ledger import Ledger
 
     stamp = int(time.time())
@@ -211,6 +213,8 @@ def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_pa
     assert plan["flows"] == running and len(plan["flows"]) + len(plan["already_paused"]) >= 7
     assert f"Pause 2 flow(s): {', '.join(running)}." in plan["plan"]
     open_task_log(page, airflow, run["dag_run_id"], "plan_disconnect", "DRY RUN")
+    # the plan's lines too, in the task's own section of the log, not inside the collapsed "Post Execute"
+    expect(page.get_by_text(f"Pause 2 flow(s): {', '.join(running)}.")).to_be_visible()
     shot(page, "04-dry-run-log")
 
     trigger_account(page, airflow, "Disconnect the marketplace", f"browser_typo_{stamp}", confirmation="disconnect",

@@ -139,7 +139,7 @@ def test_findings_alert_once_as_one_digest_then_again_only_after_the_quiet_perio
 
 def test_a_critical_exception_raised_between_digests_alerts_at_once(ledger, mail_sink, slack_sink):
     record = ledger.raise_exception("order_reservation_failed", "ORD-C1", {"error": "woo 500"}, DIGEST_MP)
-    ordinary = ledger.raise_exception("unmatched_sku", "missing_in_mirakl:SKU-C1", {}, DIGEST_MP, severity="warning")
+    ordinary = ledger.raise_exception("unmatched_sku_missing_in_mirakl", "SKU-C1", {}, DIGEST_MP, severity="warning")
 
     alerted = alert_critical_now(ledger, DIGEST_MP, [record, ordinary])
 
@@ -148,7 +148,7 @@ def test_a_critical_exception_raised_between_digests_alerts_at_once(ledger, mail
     assert "CRITICAL order_reservation_failed ORD-C1" in mail_sink.bodies()[0]
     assert "SKU-C1" not in mail_sink.bodies()[0]
     assert ledger.get_exception("order_reservation_failed", "ORD-C1", DIGEST_MP).notified_at is not None
-    assert ledger.get_exception("unmatched_sku", "missing_in_mirakl:SKU-C1", DIGEST_MP).notified_at is None
+    assert ledger.get_exception("unmatched_sku_missing_in_mirakl", "SKU-C1", DIGEST_MP).notified_at is None
 
 
 def test_sending_fails_soft_and_keeps_findings_due_when_nothing_answers(ledger, slack_sink, monkeypatch):
