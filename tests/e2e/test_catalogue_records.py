@@ -75,7 +75,7 @@ def problem(ledger, kind: str, key) -> object:
 
 def variations_fault(sandbox, product_id: int, status: int) -> None:
     sandbox.faults.set([{"service": "woo", "operation": "woo.variations.list", "status": status,
-                         "path_contains": f"/products/{product_id}/variations"}])
+                         "contains": f"/products/{product_id}/variations"}])
 
 
 def test_one_products_unreadable_variations_are_an_exception_and_the_rest_is_published(sandbox, ledger, shop):
@@ -116,7 +116,7 @@ def test_an_import_that_cannot_be_followed_holds_up_no_other_and_is_sent_again(s
     sandbox.woo.set_price("RUN-1", "55.00")
     first = cycle(sandbox, ledger)["offer_import"]
     assert first
-    sandbox.faults.set([{"service": "mirakl", "operation": "OF02", "status": 500, "path_contains": first}])
+    sandbox.faults.set([{"service": "mirakl", "operation": "OF02", "status": 500, "contains": first}])
     try:
         sandbox.woo.set_price("TEE-S", "33.00")
         second = cycle(sandbox, ledger)["offer_import"]

@@ -85,7 +85,7 @@ def open_keys(ledger, kind: str) -> set[str]:
 def variations_fault(sandbox, product_id: int, status: int) -> None:
     """Every read of one product's variations fails (the others answer)."""
     sandbox.faults.set([{"service": "woo", "operation": "woo.variations.list", "status": status,
-                         "path_contains": f"/products/{product_id}/variations"}])
+                         "contains": f"/products/{product_id}/variations"}])
 
 
 def test_one_products_unreadable_variations_leave_its_offers_alone_and_the_cycle_goes_on(sandbox, ledger, shop):
@@ -153,7 +153,7 @@ def test_an_import_that_cannot_be_followed_holds_up_no_other_and_its_lines_are_s
     sandbox.woo.direct_sale("B", 1)
     first = cycle(sandbox, ledger)["stock_import"]
     assert first
-    sandbox.faults.set([{"service": "mirakl", "operation": "STO02", "status": 500, "path_contains": first}])
+    sandbox.faults.set([{"service": "mirakl", "operation": "STO02", "status": 500, "contains": first}])
     try:
         sandbox.woo.direct_sale("A", 1)
         second = cycle(sandbox, ledger)["stock_import"]
