@@ -5,10 +5,11 @@ ceilings are kept is decided in one place. Imported inside tasks only: it pulls 
 clients and SQLAlchemy, which DAG parsing must not pay for.
 
 A disconnected marketplace (the account flow's disconnect, :func:`account.is_disconnected`) is
-refused here too: the clients handed out refuse every write, asked at each write (a disconnect may
-land while a run is under way), so no flow writes to Mirakl or WooCommerce for it even when a run
-starts although its DAGs were paused. The account flow, which writes the disconnect itself, builds
-its clients from the hook and is not refused.
+refused here too, so no flow writes to Mirakl or WooCommerce for it even when a run starts although
+its DAGs were paused: a task of that marketplace's DAGs is skipped when it wires itself, before it
+reads or records anything, and the clients handed out refuse every write, asked at each write (a
+disconnect may land while a run is under way). The account flow, which writes the disconnect
+itself, builds its clients from the hook and is not refused.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from typing import Callable
 from airflow.sdk.exceptions import AirflowSkipException
 
 from include.woo_mirakl.account import is_disconnected
-
 from include.woo_mirakl.budgets import LedgerCallBudget, marketplace_limits
 from include.woo_mirakl.clients.http import RetryPolicy, WriteRefused
 from include.woo_mirakl.clients.mirakl import MiraklClient
@@ -41,18 +41,33 @@ class MarketplaceDisconnected(WriteRefused, AirflowSkipException):
     """
 
 
+def refuse_if_disconnected(ledger: Ledger, marketplace: str, what: str) -> None:
+    if is_disconnected(ledger, marketplace):
+        message = (f"marketplace {marketplace!r} is disconnected: {what}, and this task does nothing more "
+                   "(reconnect it with the mirakl_account flow to resume)")
+        log.warning(message)
+        raise MarketplaceDisconnected(message)
+
+
 def disconnect_guard(ledger: Ledger, marketplace: str) -> Callable[[str], None]:
     """A client's ``write_guard``: refuses a write while the marketplace is (being) disconnected."""
 
     def guard(operation: str) -> None:
-        if operation in READ_REQUESTS or not is_disconnected(ledger, marketplace):
-            return
-        message = (f"marketplace {marketplace!r} is disconnected: {operation} not sent, and this task does "
-                   "nothing more (reconnect it with the mirakl_account flow to resume)")
-        log.warning(message)
-        raise MarketplaceDisconnected(message)
+        if operation not in READ_REQUESTS:
+            refuse_if_disconnected(ledger, marketplace, f"{operation} not sent")
 
     return guard
+
+
+def _running_marketplace() -> str | None:
+    """The marketplace of the DAG whose task is running (``<flow>__<marketplace>``), None outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        dag_id = get_current_context()["dag"].dag_id
+    except Exception:  # noqa: BLE001 - no task context (a script, a test calling a flow directly)
+        return None
+    return dag_id.split("__", 1)[1] if "__" in dag_id else None
 
 
 @dataclass
@@ -81,6 +96,9 @@ def wire(marketplace_name: str, *, mirakl_wait: float = 0.0) -> Wiring:
     """Wire a configured marketplace; ``mirakl_wait`` is how long a call may wait for its slot."""
     marketplace = get_marketplace(marketplace_name)
     ledger = get_ledger()
+    # A task of this marketplace's own DAGs; wiring another marketplace (to read its orders) goes on.
+    if marketplace_name == _running_marketplace():
+        refuse_if_disconnected(ledger, marketplace_name, "nothing read, nothing sent")
     hook = MiraklHook(marketplace.mirakl_conn_id)
     budget = hook.get_budget(ledger, max_wait=mirakl_wait)
     listing = marketplace.order_listing

@@ -8,6 +8,8 @@ reconnected the waiting work goes out, once.
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from tests.e2e.conftest import advance, orders_in_shipping, run_dag
@@ -68,7 +70,7 @@ def waiting_work(sandbox, ledger):
     sandbox.woo.ship_order(woo_shipped, tracking_provider="DHL Express", tracking_number="JD0142")
     refund = sandbox.woo.refund_order(woo_refunded, [{"sku": "TEE", "quantity": 1}], reason="Item arrived broken")
     sandbox.woo.set_stock("TEE", 7)
-    return {"new": new, "shipped": shipped, "refunded": refunded, "refund": refund}
+    return {"new": new, "shipped": shipped, "shipped_woo": woo_shipped, "refunded": refunded, "refund": refund}
 
 
 def test_no_flow_writes_to_either_api_while_disconnected(sandbox, ledger, waiting_work):
@@ -78,15 +80,14 @@ def test_no_flow_writes_to_either_api_while_disconnected(sandbox, ledger, waitin
 
     assert writes(sandbox, "mirakl", mirakl_calls) == []
     assert writes(sandbox, "woo", woo_calls) == []
-    # The flows did run (they read), and each writing task ended skipped, not failed nor retried.
-    assert len(sandbox.log.entries("mirakl")) > mirakl_calls
-    assert states["mirakl_shipment_confirm"]["confirm_shipments"] == "skipped"
-    assert states["mirakl_refund_sync"]["sync_refunds"] == "skipped"
-    assert states["mirakl_order_ingest"]["decide_and_reserve"] == "skipped"
-    assert states["mirakl_inventory_push"]["push_changes"] == "skipped"
+    # Every task did nothing at all (no read either) and ended skipped, not failed nor retried.
+    assert len(sandbox.log.entries("mirakl")) == mirakl_calls and len(sandbox.log.entries("woo")) == woo_calls
+    assert {flow: set(tasks.values()) for flow, tasks in states.items()} == {flow: {"skipped"} for flow in FLOWS}
     assert mirakl_order(sandbox, waiting_work["new"])["order_state"] == "WAITING_ACCEPTANCE"
     assert mirakl_order(sandbox, waiting_work["shipped"])["order_state"] == "SHIPPING"
-    assert ledger.get_order(MARKETPLACE, waiting_work["new"]).woo_order_id is None
+    assert ledger.get_order(MARKETPLACE, waiting_work["new"]) is None  # not even read
+    # A write refused before sending leaves no intent behind that would look uncertain later.
+    assert ledger.stuck_actions(timedelta(0), marketplace=MARKETPLACE, states=("intent", "uncertain")) == []
 
 
 def test_after_reconnect_the_waiting_work_goes_out_once(sandbox, ledger, waiting_work):
@@ -101,6 +102,27 @@ def test_after_reconnect_the_waiting_work_goes_out_once(sandbox, ledger, waiting
     assert len(sandbox.log.landed("mirakl", "OR21", f"/{waiting_work['new']}/")) == 1
     assert len(sandbox.log.landed("mirakl", "OR24", f"/{waiting_work['shipped']}/")) == 1
     assert sandbox.log.count("mirakl", "OR28", landed=True) == 1
+    assert len([o for o in sandbox.woo.orders() if any(
+        m["key"] == "_mirakl_order_id" and m["value"] == waiting_work["new"] for m in o["meta_data"])]) == 1
     with sandbox.lock:
         offers = {o["shop_sku"]: o["quantity"] for o in sandbox.mirakl.offers()}
     assert offers["TEE"] == 7
+
+
+def test_a_disconnect_landing_during_a_run_stops_its_writes(sandbox, ledger, waiting_work, monkeypatch):
+    """The run wired itself while connected; the disconnect lands before its first write."""
+    from include.woo_mirakl import wiring
+    from include.woo_mirakl.account import mark_disconnected
+    from include.woo_mirakl.refunds import RefundSync
+
+    sandbox.woo.refund_order(waiting_work["shipped_woo"], [{"sku": "MUG", "quantity": 1}],
+                                      reason="Item arrived broken")
+    w = wiring.wire(MARKETPLACE)
+    flow = RefundSync(w.marketplace, w.ledger, mirakl=w.mirakl(), woo=w.woo())
+    mark_disconnected(ledger, MARKETPLACE, "keep")
+    mirakl_calls = len(sandbox.log.entries("mirakl"))
+
+    with pytest.raises(wiring.MarketplaceDisconnected, match="OR28 not sent"):
+        flow.sync()
+
+    assert writes(sandbox, "mirakl", mirakl_calls) == []
