@@ -17,6 +17,10 @@ on each minute boundary; OR11 gives 100 orders a page and, when each page counts
 (persona default; 15 minutes for an External Partner); when a listing counts once, every waiting
 order in one listing. Each order then needs one WooCommerce reservation (the store works on
 ``woo_concurrency`` requests at once, 0.316 s each) and one OR21 (0.15 s, concurrent).
+
+The flow sends its creates ``--woo-workers`` and its OR21s ``--or21-workers`` at a time (the
+flow's defaults, ``WOO_WORKERS`` and ``OR21_WORKERS`` in ``include/woo_mirakl/orders.py``): fewer
+than the floor's, so a cycle of 100 lies above it by about (1/3 − 1/4)·100·0.316 s + 25·0.15 s.
 """
 from __future__ import annotations
 
