@@ -13,6 +13,7 @@ browser download is not used). One Airflow per module: it is the slow part; the 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -214,7 +215,9 @@ def test_the_account_form_verifies_lists_the_flows_and_refuses_a_typo_without_pa
     assert f"Pause 2 flow(s): {', '.join(running)}." in plan["plan"]
     open_task_log(page, airflow, run["dag_run_id"], "plan_disconnect", "DRY RUN")
     # the plan's lines too, in the task's own section of the log, not inside the collapsed "Post Execute"
-    expect(page.get_by_text(f"Pause 2 flow(s): {', '.join(running)}.")).to_be_visible()
+    pause_line = page.get_by_text(re.compile(r"^\s*- Pause 2 flow\(s\): "))
+    expect(pause_line).to_be_visible()
+    expect(pause_line).to_have_text(re.compile(re.escape(f"Pause 2 flow(s): {', '.join(running)}.")))
     shot(page, "04-dry-run-log")
 
     trigger_account(page, airflow, "Disconnect the marketplace", f"browser_typo_{stamp}", confirmation="disconnect",
