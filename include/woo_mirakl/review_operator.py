@@ -62,6 +62,7 @@ class OrderReviewOperator(HITLOperator):
     def _notify(self, context: Any, ledger: Any, marketplace: Any, record: Any) -> None:
         from airflow.configuration import conf
 
+        from include.woo_mirakl import human_review as hr
         from include.woo_mirakl.alerts import send_alert
 
         ti = context["task_instance"]
