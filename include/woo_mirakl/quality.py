@@ -200,7 +200,7 @@ def take_snapshot(
     now = now or datetime.now(UTC)
     name = marketplace.name
     orders = ledger.orders_in_states(name, list(status_map.states))
-    offers = {o.shop_sku: o.quantity for o in mirakl.iter_offers() if o.shop_sku}
+    offers = {o.shop_sku: o.quantity for o in mirakl.iter_offers() if o.shop_sku}  # its answers date Mirakl's clock
     return Snapshot(
         marketplace=name,
         taken_at=now,

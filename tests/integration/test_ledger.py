@@ -339,6 +339,29 @@ def test_exception_life_cycle(ledger, clock):
     assert ledger.open_exceptions(marketplace="other") == []
 
 
+def _claim_alert(barrier, url: str, exception_id: int) -> list[int]:
+    ledger = Ledger.from_url(url)
+    barrier.wait()
+    return ledger.claim_first_alerts([exception_id])
+
+
+def test_the_first_alert_of_an_opening_is_claimed_once_even_by_racing_tasks(ledger, ledger_url, clock):
+    record = ledger.raise_exception("order_reservation_failed", "ORD-R1", None, MP, severity="critical")
+
+    won = _run_racers(_claim_alert, [(ledger_url, record.id) for _ in range(4)])
+
+    assert sorted(won, key=len) == [[], [], [], [record.id]]
+    assert ledger.claim_first_alerts([record.id]) == [], "alerted since it opened"
+    ledger.release_alerts([record.id])  # nothing was delivered
+    assert ledger.claim_first_alerts([record.id]) == [record.id]
+    clock.advance(minutes=5)
+    ledger.resolve_exception("order_reservation_failed", "ORD-R1", MP)
+    assert ledger.claim_first_alerts([record.id]) == [], "resolved: nothing to alert"
+    clock.advance(minutes=5)
+    ledger.raise_exception("order_reservation_failed", "ORD-R1", None, MP, severity="critical")
+    assert ledger.claim_first_alerts([record.id]) == [record.id], "reopened: a new first alert"
+
+
 def test_exception_input_is_checked(ledger):
     with pytest.raises(ValueError, match="severity must be one of"):
         ledger.raise_exception("x", "k", None, MP, severity="bad")
