@@ -1,6 +1,6 @@
 """The order flow writes its ledger per step, not per order (issue #16).
 
-A cycle of twelve new orders must cost the ledger as many transactions as a cycle of one: the
+A cycle of twelve new orders must cost the ledger as many writing transactions as a cycle of one: the
 intake, the decisions, the reservations' intents and outcomes and the OR21s' are each written
 for the whole batch at once. Counted on the ledger's own engine, which the DAG's tasks share.
 """
@@ -27,12 +27,23 @@ def catalogue(sandbox):
 def _cycle_transactions(sandbox, ledger, orders: int) -> tuple[int, list[str]]:
     placed = [place(sandbox, [(SKUS[i % 3], 1), (SKUS[(i + 1) % 3], 2)], i) for i in range(orders)]
     commits: list[int] = []
-    listener = lambda _conn: commits.append(1)  # noqa: E731
-    event.listen(ledger._engine, "commit", listener)
+
+    def statement(conn, _cursor, sql: str, *_args) -> None:
+        if sql.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            conn.info["writes"] = True
+
+    def commit(conn) -> None:
+        if conn.info.pop("writes", False):
+            commits.append(1)
+
+    # Transactions that write: the reads (a cursor, the disconnect guard's state) are not the point
+    event.listen(ledger._engine, "before_cursor_execute", statement)
+    event.listen(ledger._engine, "commit", commit)
     try:
         assert run(sandbox, ledger).state == "success"
     finally:
-        event.remove(ledger._engine, "commit", listener)
+        event.remove(ledger._engine, "before_cursor_execute", statement)
+        event.remove(ledger._engine, "commit", commit)
     return len(commits), placed
 
 
