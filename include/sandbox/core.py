@@ -234,7 +234,7 @@ class FaultRule:
     ``*`` matches every service or operation; the fault fires with ``probability``, and at
     most ``count`` times when a count is given. ``status`` is the HTTP status of the
     ``status`` and ``apply_then_status`` kinds, ``delay`` the seconds of the slow kinds.
-    ``contains``: only calls whose path or body contains this text (one record's calls).
+    ``contains``: only calls whose path, query or body contains this text (one record's calls).
     """
 
     service: str = "*"
@@ -536,8 +536,9 @@ class Sandbox:
             "variant": service.call_variant(request, operation),
             "applied": False,
         }
+        query = " ".join(f"{k}={v}" for k, v in entry["query"].items())  # a look-up names its records here
         fault = self.faults.pick(service.name, operation,
-                                 request.path + " " + request.body.decode("utf-8", errors="replace"))
+                                 f"{request.path} {query} {request.body.decode('utf-8', errors='replace')}")
         if fault is not None:
             entry["fault"] = fault.kind
             if fault.kind == "slow":

@@ -78,11 +78,11 @@ VARIATION_WITHOUT_SKU = "variation_without_sku"
 OFFER_UPDATE_REJECTED = "offer_update_rejected"  # Mirakl refused a line for another reason: retried
 PUSH_DEFERRED = "inventory_push_deferred"  # several cycles in a row could not hand their deltas over
 PRODUCT_UNREADABLE = "inventory_product_unreadable"  # one product's variations could not be read: key its id
+SKU_UNREADABLE = "inventory_sku_unreadable"  # a SKU look-up batch failed: key each SKU, looked up again next cycle
 IMPORT_UNREADABLE = "inventory_import_unreadable"  # one import's status or report kept failing: key its id
 
 WOO_ITEM_FIELDS = "id,sku,type,status,manage_stock,stock_quantity,stock_status,price,parent_id,date_modified_gmt"
 WOO_ORDER_FIELDS = "id,date_modified_gmt,line_items"
-SKU_LOOKUP_CHUNK = 50
 _UNKNOWN_OFFER = re.compile(r"does not exist|not found|unknown (offer|sku)|no offer", re.IGNORECASE)
 
 
@@ -115,6 +115,7 @@ class Plan:
     confirmed: list[dict[str, Any]] = field(default_factory=list)  # full comparison: ledger rows to heal
     held_back: set[str] = field(default_factory=set)  # raises an unsure cycle did not send
     unread_parents: set[int] = field(default_factory=set)  # variable products whose variations failed to read
+    unread_skus: dict[str, str] = field(default_factory=dict)  # SKUs whose look-up failed -> the error
     read_parents: set[int] = field(default_factory=set)
 
 
@@ -380,6 +381,8 @@ class InventoryPush:
         self._set_cursor("held_back", sorted(plan.held_back))
         self._set_cursor("unsure", {})  # every unsure line was sent again (or its SKU is gone)
         self._set_cursor("unread_parents", sorted(plan.unread_parents))
+        self._set_cursor("unread_skus", sorted(plan.unread_skus))
+        self.ledger.resolve_missing(SKU_UNREADABLE, self.name, plan.unread_skus)
         if full:  # every product was listed: what is still open is what failed now
             self.ledger.resolve_missing(PRODUCT_UNREADABLE, self.name, {str(p) for p in plan.unread_parents})
         for key in self._open_keys(PRODUCT_UNREADABLE) if not full else ():
@@ -496,8 +499,9 @@ class InventoryPush:
                       if demand.get(sku, 0) != previous_demand.get(sku, 0))
         wanted.update(self._skus_to_retry())
         wanted.update(self._cursor("held_back", []) or [])
+        wanted.update(self._cursor("unread_skus", []) or [])  # failed last time: look up again
         wanted.update(sku for skus in (self._cursor("unsure", {}) or {}).values() for sku in skus)
-        for item in self._items_by_sku(wanted - set(items)):
+        for item in self._items_by_sku(wanted - set(items), plan):
             self._collect(item, items, no_sku)
         # A pool's demand is its variations' together: read the siblings of any pool member seen.
         pools = {i.parent_id for i in items.values() if i.manage_stock == "parent"} - set(parents)
@@ -588,15 +592,19 @@ class InventoryPush:
         plan.read_parents.add(int(parent))
         return [{**raw, "type": "variation", "parent_id": parent} for raw in found]
 
-    def _items_by_sku(self, skus: Iterable[str]) -> Iterator[WooItem]:
-        """Products and variations by exact SKU (``/products?sku=`` also finds variations)."""
+    def _items_by_sku(self, skus: Iterable[str], plan: Plan) -> list[WooItem]:
+        """Products and variations by exact SKU; a failed look-up batch is an exception on each of its SKUs.
+
+        Their offers are left as they are (nothing is sent for them) and looked up again next cycle.
+        """
         wanted = sorted(s for s in skus if s and "," not in s)
-        for start in range(0, len(wanted), SKU_LOOKUP_CHUNK):
-            chunk = wanted[start:start + SKU_LOOKUP_CHUNK]
-            params = {"sku": ",".join(chunk), "_fields": WOO_ITEM_FIELDS}
-            for raw in self.woo.iter_pages("/products", "woo.products.list", params):
-                if raw.get("sku") in chunk:
-                    yield WooItem.from_api(raw)
+        found = [WooItem.from_api(raw) for raw in self.woo.iter_by_sku(wanted, WOO_ITEM_FIELDS, plan.unread_skus)]
+        for sku, error in plan.unread_skus.items():
+            self.ledger.raise_exception(SKU_UNREADABLE, sku, {
+                "sku": sku, "error": f"the WooCommerce look-up of SKU {sku} failed: {error}",
+                "action": "its offer is left as it is and looked up again next cycle",
+            }, self.name, severity="error")
+        return found
 
     def _skus_to_retry(self) -> set[str]:
         """SKUs whose last push Mirakl rejected."""

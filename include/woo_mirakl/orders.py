@@ -94,6 +94,7 @@ EXC_NO_WOO_ORDER = "order_without_woo_order"
 EXC_PARTIAL = "order_partial_acceptance_disabled"
 EXC_TOTALS = "order_totals_mismatch"
 EXC_VANISHED = "order_product_vanished"
+EXC_LOOKUP = "order_sku_lookup_failed"  # its SKUs' look-up failed: left undecided for the next cycle
 
 KIND_CREATE = "woo.orders.create"
 KIND_ACCEPT = "mirakl.OR21"
@@ -354,7 +355,9 @@ class OrderIngest:
         decided_now: dict[str, tuple[Order, list[LineDecision]]] = {}
         if undecided:
             skus = {line.offer_sku for r in undecided + to_reserve for line in r.lines if line.offer_sku}
-            refs = self.woo.products_by_sku(skus)
+            unread: dict[str, str] = {}
+            refs = self.woo.products_by_sku(skus, unread)
+            undecided = self._without_unread_skus(undecided, unread, result)
             stock = {sku: StockInfo.of(ref) for sku, ref in refs.items()}
             facts = {sku: human_review.WooFacts.from_ref(ref, stock[sku].quantity) for sku, ref in refs.items()}
             in_airflow = self.marketplace.human_review.in_airflow
@@ -387,6 +390,27 @@ class OrderIngest:
         for record in self.ledger.get_orders(self.mp, decided_now).values():
             log.info("%s", decision_line(record))
         return result.as_dict()
+
+    def _without_unread_skus(self, undecided: list[OrderRecord], unread: dict[str, str],
+                             result: StepResult) -> list[OrderRecord]:
+        """The orders all of whose SKUs were looked up; the others are an exception and wait.
+
+        A SKU not read is not an unknown SKU: deciding on it would refuse a sellable line.
+        """
+        kept = []
+        for record in undecided:
+            failed = sorted({line.offer_sku for line in record.lines if line.offer_sku in unread})
+            if not failed:
+                kept.append(record)
+                continue
+            result.add("lookup_failed")
+            self.ledger.raise_exception(EXC_LOOKUP, record.mirakl_order_id, {
+                "order_id": record.mirakl_order_id, "commercial_id": record.commercial_id, "skus": failed,
+                "error": f"the WooCommerce look-up of SKU(s) {', '.join(failed)} failed: {unread[failed[0]]}",
+                "action": "left undecided; decided at the next cycle",
+            }, self.mp)
+        self.ledger.resolve_exceptions(EXC_LOOKUP, [r.mirakl_order_id for r in kept], self.mp)
+        return kept
 
     def _accepted_without_woo_order(self, result: StepResult) -> list[OrderRecord]:
         """Orders accepted outside the integration (back office, auto-accept) that WooCommerce lacks.

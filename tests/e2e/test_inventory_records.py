@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.e2e.conftest import assert_within_ceilings, fault_kinds_seen, fault_mix
+from tests.e2e.conftest import assert_within_ceilings, fail_record, fault_kinds_seen, fault_mix
 from tests.e2e.stock_scenarios import marketplaces_file, next_minute, offers, place
 
 DAG_ID = "mirakl_inventory_push__sandbox"
@@ -147,6 +147,37 @@ def test_a_persistent_5xx_or_403_on_one_product_is_an_exception_on_it_and_the_re
         assert open_keys(ledger, "inventory_product_unreadable") == set()
         sandbox.woo.set_stock("Q-1", 4)
         cycle(sandbox, ledger)
+
+
+def test_a_failed_sku_look_up_is_an_exception_on_its_skus_and_the_rest_is_pushed(sandbox, ledger, shop):
+    cycle(sandbox, ledger)  # not the first cycle: that one compares everything (no look-up by SKU)
+    sandbox.woo.direct_sale("A", 1)
+    cycle(sandbox, ledger)  # and B's own change is out of the modified listing's overlap window
+    for status in (500, 404, 403):
+        sandbox.woo.direct_sale("A", 1)  # A is listed as modified: not looked up
+        place(sandbox, [("B", 1)])  # B's demand moved: looked up by SKU
+        SOLD["B"] = SOLD.get("B", 0) + 1
+        fail_record(sandbox, "woo", "woo.products.list", "B", status)
+        try:
+            summary = cycle(sandbox, ledger)
+        finally:
+            sandbox.faults.clear()
+        assert summary["deferred"] is False
+        assert offers(sandbox, ["A"]) == {"A": due(sandbox)["A"]}
+        rows = sandbox.mirakl.store.imports[summary["stock_import"]]["rows"]
+        assert {r["offer-sku"] for r in rows} == {"A"}  # nothing sent for B this cycle
+        problem = ledger.get_exception("inventory_sku_unreadable", "B", MARKETPLACE)
+        assert problem.status == "open" and "B" in problem.detail["error"]
+
+        before = len(sku_look_ups(sandbox, "B"))
+        cycle(sandbox, ledger)  # B is looked up again, although nothing about it changed since
+        assert [e["status"] for e in sku_look_ups(sandbox, "B")[before:]] == [200]
+        assert offers(sandbox, ["B"]) == {"B": due(sandbox)["B"]}
+        assert open_keys(ledger, "inventory_sku_unreadable") == set()
+
+
+def sku_look_ups(sandbox, sku: str) -> list[dict]:
+    return [e for e in sandbox.log.entries("woo", "woo.products.list") if sku in (e["query"].get("sku") or [""])[0]]
 
 
 def test_an_import_that_cannot_be_followed_holds_up_no_other_and_its_lines_are_sent_again(sandbox, ledger):

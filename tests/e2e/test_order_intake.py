@@ -15,7 +15,7 @@ import yaml
 from include.sandbox.core import iso
 from include.sandbox.mirakl_data import ABSENT
 from include.sandbox.scenarios import customer
-from tests.e2e.conftest import ROOT, advance, run_dag
+from tests.e2e.conftest import ROOT, advance, fail_record, run_dag
 
 DAG_ID = "mirakl_order_ingest__sandbox"
 MINUTE = 61
@@ -232,6 +232,25 @@ def test_partial_acceptance_policy_accept_all_accepts_short_lines(sandbox, ledge
     assert lines == {sku: "WAITING_DEBIT_PAYMENT", other: "WAITING_DEBIT_PAYMENT"}
     [held] = woo_orders(sandbox, order_id)
     assert sorted((li["sku"], li["quantity"]) for li in held["line_items"]) == [(sku, 2), (other, 1)]
+
+
+def test_a_failed_sku_look_up_leaves_its_orders_for_the_next_cycle_and_intake_goes_on(sandbox, ledger):
+    """Issue #15: a 5xx, 404 or 403 on one SKU look-up batch used to fail the whole task."""
+    sku = product(sandbox, "LOOKUP-1")
+    for status in (500, 404, 403):
+        order_id = place(sandbox, [(sku, 1)])
+        fail_record(sandbox, "woo", "woo.products.list", sku, status)
+        try:
+            assert run(sandbox, ledger).state == "success"
+        finally:
+            sandbox.faults.clear()
+        assert state(sandbox, order_id) == "WAITING_ACCEPTANCE" and woo_orders(sandbox, order_id) == []
+        problem = ledger.get_exception("order_sku_lookup_failed", order_id, "sandbox")
+        assert problem.status == "open" and problem.detail["skus"] == [sku] and sku in problem.detail["error"]
+
+        assert run(sandbox, ledger).state == "success"
+        assert state(sandbox, order_id) == "WAITING_DEBIT_PAYMENT" and len(woo_orders(sandbox, order_id)) == 1
+        assert ledger.get_exception("order_sku_lookup_failed", order_id, "sandbox").status == "resolved"
 
 
 def test_a_full_page_created_in_one_second_is_read_through(sandbox, ledger):

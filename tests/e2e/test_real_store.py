@@ -165,8 +165,8 @@ def test_a_sku_trashed_between_look_up_and_create_is_not_reserved(shop, sandbox,
 
     look_up = WooCommerceClient.products_by_sku
 
-    def then_trash(self, skus):  # the shop trashes the product while the batch is being decided
-        found = look_up(self, skus)
+    def then_trash(self, skus, unread=None):  # the shop trashes the product while the batch is being decided
+        found = look_up(self, skus, unread)
         if "GONE-1" in found:
             with sandbox.lock:
                 sandbox.woo.store.trash_item(sandbox.woo.store.by_sku("GONE-1"))

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from include.woo_mirakl.clients.http import ApiError, HttpClient, RetryPolicy
+from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, RetryPolicy
+from include.woo_mirakl.writes import concerns_every_record
 
 API_PREFIX = "/wp-json/wc/v3"
 TRACKING_PREFIX = "/wp-json/wc-shipment-tracking/v3"
@@ -255,21 +256,36 @@ class WooCommerceClient(HttpClient):
     def get_product(self, product_id: int) -> dict:
         return self._api("GET", f"/products/{int(product_id)}", "woo.products.get")
 
-    def products_by_sku(self, skus: Iterable[str]) -> dict[str, SkuRef]:
-        """Simple products and variations by exact SKU (``/products?sku=A,B,...`` in chunks)."""
+    def products_by_sku(self, skus: Iterable[str], unread: dict[str, str] | None = None) -> dict[str, SkuRef]:
+        """Simple products and variations by exact SKU (``/products?sku=A,B,...`` in chunks).
+
+        ``unread``: see :meth:`iter_by_sku`.
+        """
         wanted = list(dict.fromkeys(str(s) for s in skus if s))
         bad = [s for s in wanted if "," in s]
         if bad:
             raise ValueError(f"SKUs containing a comma cannot be looked up by the API: {bad[:5]}")
-        found: dict[str, SkuRef] = {}
-        for start in range(0, len(wanted), SKU_CHUNK):
-            chunk = wanted[start:start + SKU_CHUNK]
-            params = {"sku": ",".join(chunk), "_fields": SKU_FIELDS}
-            for item in self.iter_pages("/products", "woo.products.list", params):
-                sku = item.get("sku")
-                if sku in chunk and item.get("type") != "variable":
-                    found[sku] = SkuRef.from_api(item)
-        return found
+        return {item["sku"]: SkuRef.from_api(item) for item in self.iter_by_sku(wanted, SKU_FIELDS, unread)
+                if item.get("type") != "variable"}
+
+    def iter_by_sku(self, skus: list[str], fields: str, unread: dict[str, str] | None = None) -> Iterator[dict]:
+        """Raw items whose SKU is exactly one of ``skus`` (``/products?sku=`` also finds variations).
+
+        ``unread``: when given, a look-up batch failing for its own records (a 404, 5xx, 403: not
+        :func:`~include.woo_mirakl.writes.concerns_every_record`) adds each of its SKUs with the error,
+        and the other batches are still looked up; without it, the error is raised.
+        """
+        for start in range(0, len(skus), SKU_CHUNK):
+            chunk = skus[start:start + SKU_CHUNK]
+            params = {"sku": ",".join(chunk), "_fields": fields}
+            try:  # read whole before yielding: a batch is found entirely or not at all
+                items = list(self.iter_pages("/products", "woo.products.list", params))
+            except ClientError as error:
+                if unread is None or concerns_every_record(error):
+                    raise
+                unread.update((sku, str(error)) for sku in chunk)
+                continue
+            yield from (item for item in items if item.get("sku") in chunk)
 
     def batch_products(self, updates: list[dict], *, create: list[dict] | None = None) -> BatchResult:
         """``POST /products/batch`` in requests of at most 100 items; per-item errors collected."""
