@@ -1,7 +1,7 @@
 """Alert digest: open exceptions grouped into one message per run, so on-call is not flooded.
 
-An exception alerts once when it opens; while it stays open it alerts again only after the
-quiet period. Acknowledged and resolved exceptions never alert. Critical ones (an acceptance
+An exception alerts once when it opens, and once more if it escalates to a higher severity;
+while it stays open it alerts again only after the quiet period. Acknowledged and resolved exceptions never alert. Critical ones (an acceptance
 deadline close, an order that could not be created, a refund that failed) head the digest,
 and flows that raise them between digests call :func:`alert_critical_now` to send at once.
 """
@@ -192,11 +192,12 @@ def alert_critical_now(
     now: datetime | None = None,
     context: dict[str, Any] | None = None,
 ) -> int:
-    """Send at once, as one alert, the critical exceptions not alerted since they (re)opened.
+    """Send at once, as one alert, the critical exceptions not alerted since they (re)opened or escalated.
 
     ``records`` narrows the candidates (what ``Ledger.raise_exception`` returned); by default every
     open exception of the marketplace, which is how every task of every flow calls it when it ends
-    (:class:`~include.woo_mirakl.alerts.CriticalAlert`). Each opening alerts once: the ledger claim
+    (:class:`~include.woo_mirakl.alerts.CriticalAlert`). Each opening alerts once, and once more when
+    it escalates (warning to critical, :meth:`Ledger.raise_exception`): the ledger claim
     makes sure of it even when two tasks end together; the digest reminds after its quiet period.
     Returns how many were alerted.
     """

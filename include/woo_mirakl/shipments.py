@@ -38,6 +38,7 @@ FLOW = "mirakl_shipment_confirm"
 CARRIER_CACHE_FLOW = "mirakl_carriers"  # shared by every flow that needs SH21
 CARRIER_CACHE_TTL = timedelta(days=1)
 OVERLAP = timedelta(minutes=5)
+UNMAPPED_ORDERS_KEPT = 200  # orders remembered per unmapped carrier, so a re-read one is not counted twice
 INITIAL_LOOKBACK = timedelta(days=30)
 ORDER_INGEST_FLOW = "mirakl_order_ingest"
 
@@ -278,13 +279,7 @@ class ShipmentConfirm:
         carrier_map, known = carriers
         request = tracking_request(shipment, carrier_map, known)
         if request.unmapped_carrier:
-            self.ledger.raise_exception(EXC_UNMAPPED_CARRIER, normalise_carrier(request.unmapped_carrier) or "-", {
-                "carrier": request.unmapped_carrier,
-                "message": unmapped_reason(request.unmapped_carrier, carrier_map, known)
-                + f"; add it to include/config/{self.marketplace.carrier_map_file}",
-                "order_id": order_id, "woo_order_id": order["id"],
-                "sent_as": "carrier name and tracking URL" if request.body else f"no tracking: {request.problem}",
-            }, self.mp, severity="warning")
+            self._note_unmapped_carrier(request, order_id, order, carrier_map, known)
             counts["unmapped_carrier"] += 1
         if not request.body:
             counts["tracking_not_sent"] += 1
@@ -297,6 +292,27 @@ class ShipmentConfirm:
             supersede=True,  # a tracking number corrected in WooCommerce is sent again: OR23 overwrites
             repeatable=True,
         ), record, EXC_TRACKING_FAILED, counts)
+
+    def _note_unmapped_carrier(
+        self, request: TrackingRequest, order_id: str, order: dict, carrier_map: Mapping[str, str],
+        known: frozenset[str] | None,
+    ) -> None:
+        """One occurrence per order of the carrier's open exception: an order re-read (the cursor's
+        overlap window, a corrected tracking number) with the same unmapped carrier is not counted again."""
+        carrier = normalise_carrier(request.unmapped_carrier) or "-"
+        existing = self.ledger.get_exception(EXC_UNMAPPED_CARRIER, carrier, self.mp)
+        counted = (existing.detail or {}).get("order_ids", []) if existing and existing.status != "resolved" else []
+        if order_id in counted:
+            return
+        self.ledger.raise_exception(EXC_UNMAPPED_CARRIER, carrier, {
+            "carrier": request.unmapped_carrier,
+            "message": unmapped_reason(request.unmapped_carrier, carrier_map, known)
+            + f"; add it to include/config/{self.marketplace.carrier_map_file}",
+            "order_id": order_id, "woo_order_id": order["id"],
+            "sent_as": "carrier name and tracking URL" if request.body else f"no tracking: {request.problem}",
+            # the latest ones only: a re-read (overlap window, an order left waiting) is a recent one
+            "order_ids": [*counted, order_id][-UNMAPPED_ORDERS_KEPT:],
+        }, self.mp, severity="warning")
 
     def _send_ship(self, record: OrderRecord, counts: Counter[str]) -> str:
         order_id = record.mirakl_order_id

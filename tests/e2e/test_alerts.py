@@ -151,6 +151,24 @@ def test_a_critical_exception_raised_between_digests_alerts_at_once(ledger, mail
     assert ledger.get_exception("unmatched_sku_missing_in_mirakl", "SKU-C1", DIGEST_MP).notified_at is None
 
 
+def test_an_exception_escalating_to_critical_alerts_once_more_and_only_once(ledger, mail_sink, slack_sink):
+    """The orders flow raises acceptance_deadline as a warning at 50 % of the window and as critical
+    at 80 %: the escalation is news for on-call, each cycle after it is not."""
+    def deadline(severity, share):
+        record = ledger.raise_exception("acceptance_deadline", "ORD-E1", {"share_used": share}, DIGEST_MP,
+                                        severity=severity)
+        return alert_critical_now(ledger, DIGEST_MP, [record])
+
+    assert [deadline("warning", 0.5), deadline("warning", 0.6)] == [1, 0]
+    assert [deadline("critical", 0.8), deadline("critical", 0.9)] == [1, 0]
+
+    mails = [body for body in mail_sink.bodies() if "ORD-E1" in body]
+    posts = [text for text in slack_sink.texts() if "ORD-E1" in text]
+    assert len(mails) == 2 and len(posts) == 2, (mails, posts)
+    assert "share_used=0.8" in mails[1] and "share_used=0.8" in posts[1]
+    assert ledger.get_exception("acceptance_deadline", "ORD-E1", DIGEST_MP).notified_at is not None
+
+
 def test_sending_fails_soft_and_keeps_findings_due_when_nothing_answers(ledger, slack_sink, monkeypatch):
     import socket
 

@@ -120,6 +120,9 @@ def test_reruns_send_nothing_new(sandbox, ledger, world):
     after = Counter(e["operation"] for e in sandbox.log.entries("mirakl"))
     assert after["OR23"] == before["OR23"] and after["OR24"] == before["OR24"]
     assert after["SH21"] == 1  # cached in the ledger for a day
+    # re-read in the overlap window, the same order with the same unmapped carrier is no new occurrence
+    unmapped = ledger.get_exception("carrier_unmapped", "mondialrelay", "sandbox")
+    assert unmapped.status == "open" and unmapped.count == 1, unmapped
 
 
 def test_crash_after_or24_before_the_ledger_write_ships_once(sandbox, ledger, world):

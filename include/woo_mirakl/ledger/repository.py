@@ -645,7 +645,11 @@ class Ledger:
     def raise_exception(
         self, kind: str, key: str, detail: Mapping[str, Any] | None, marketplace: str, severity: str = "error"
     ) -> ExceptionRecord:
-        """Open an exception, or bump one already open (count, last seen); reopen a resolved one."""
+        """Open an exception, or bump one already open (count, last seen); reopen a resolved one.
+
+        A raise at a higher severity than the open one's (an acceptance deadline going from warning
+        to critical) makes it due for one more alert: news for on-call, not a repeat.
+        """
         _check_choice("severity", severity, SEVERITIES)
         now = self._now()
         detail = _jsonable(detail)
@@ -662,6 +666,8 @@ class Ledger:
             if inserted.rowcount == 1:
                 return _record(ExceptionRecord, record, newly_opened=True)
             reopened = record.status == "resolved"
+            if not reopened and SEVERITIES.index(severity) > SEVERITIES.index(record.severity):
+                record.notified_at = None  # escalated: alerts once more (the claim wins it again)
             record.count += 1
             record.last_seen = now
             record.detail = detail
@@ -772,7 +778,8 @@ class Ledger:
         return count
 
     def claim_first_alerts(self, exception_ids: Iterable[int]) -> list[int]:
-        """Claim the first alert of each open exception since it (re)opened; returns the ids won.
+        """Claim the first alert of each open exception since it (re)opened or escalated; returns the
+        ids won.
 
         One conditional update per id, so of two tasks finishing together only one alerts.
         """
