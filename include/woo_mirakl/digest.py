@@ -1,9 +1,10 @@
 """Alert digest: open exceptions grouped into one message per run, so on-call is not flooded.
 
 An exception alerts once when it opens, and once more if it escalates to a higher severity;
-while it stays open it alerts again only after the quiet period. Acknowledged and resolved exceptions never alert. Critical ones (an acceptance
-deadline close, an order that could not be created, a refund that failed) head the digest,
-and flows that raise them between digests call :func:`alert_critical_now` to send at once.
+while it stays open it alerts again only after the quiet period. Acknowledged and resolved
+exceptions never alert. Critical ones (an acceptance deadline close, an order that could not
+be created, a refund that failed) head the digest, and flows that raise them between digests
+call :func:`alert_critical_now` to send at once.
 """
 from __future__ import annotations
 
