@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import advance, assert_within_ceilings, fault_kinds_seen, fault_mix, run_dag
+from tests.e2e.conftest import (
+    advance,
+    assert_within_ceilings,
+    fail_record,
+    fault_kinds_seen,
+    fault_mix,
+    run_dag,
+)
 from tests.e2e.stock_scenarios import marketplaces_file
 
 DAG_ID = "mirakl_catalogue_publish__sandbox"
@@ -73,13 +80,8 @@ def problem(ledger, kind: str, key) -> object:
     return ledger.get_exception(kind, str(key), MARKETPLACE)
 
 
-def variations_fault(sandbox, product_id: int, status: int) -> None:
-    sandbox.faults.set([{"service": "woo", "operation": "woo.variations.list", "status": status,
-                         "contains": f"/products/{product_id}/variations"}])
-
-
 def test_one_products_unreadable_variations_are_an_exception_and_the_rest_is_published(sandbox, ledger, shop):
-    variations_fault(sandbox, shop["tee"], 403)
+    fail_record(sandbox, "woo", "woo.variations.list", f"/products/{shop['tee']}/variations", 403)
     try:
         summary = cycle(sandbox, ledger)
     finally:
@@ -99,7 +101,7 @@ def test_one_products_unreadable_variations_are_an_exception_and_the_rest_is_pub
 
 
 def test_an_unreadable_product_retires_none_of_its_offers(sandbox, ledger, shop):
-    variations_fault(sandbox, shop["tee"], 503)
+    fail_record(sandbox, "woo", "woo.variations.list", f"/products/{shop['tee']}/variations", 503)
     try:
         summary = cycle(sandbox, ledger)
     finally:
@@ -116,7 +118,7 @@ def test_an_import_that_cannot_be_followed_holds_up_no_other_and_is_sent_again(s
     sandbox.woo.set_price("RUN-1", "55.00")
     first = cycle(sandbox, ledger)["offer_import"]
     assert first
-    sandbox.faults.set([{"service": "mirakl", "operation": "OF02", "status": 500, "contains": first}])
+    fail_record(sandbox, "mirakl", "OF02", first)
     try:
         sandbox.woo.set_price("TEE-S", "33.00")
         second = cycle(sandbox, ledger)["offer_import"]

@@ -82,14 +82,9 @@ def open_keys(ledger, kind: str) -> set[str]:
     return {e.key for e in ledger.open_exceptions(MARKETPLACE, kind)}
 
 
-def variations_fault(sandbox, product_id: int, status: int) -> None:
-    """Every read of one product's variations fails (the others answer)."""
-    sandbox.faults.set([{"service": "woo", "operation": "woo.variations.list", "status": status,
-                         "contains": f"/products/{product_id}/variations"}])
-
-
 def test_one_products_unreadable_variations_leave_its_offers_alone_and_the_cycle_goes_on(sandbox, ledger, shop):
-    variations_fault(sandbox, shop["tee"], 404)  # e.g. deleted between the listing and the read
+    # every read of the tee's variations fails (e.g. deleted between the listing and the read)
+    fail_record(sandbox, "woo", "woo.variations.list", f"/products/{shop['tee']}/variations", 404)
     try:
         summary = cycle(sandbox, ledger)
     finally:
@@ -131,7 +126,7 @@ def test_a_persistent_5xx_or_403_on_one_product_is_an_exception_on_it_and_the_re
     for status in (503, 403):
         sandbox.woo.direct_sale("A", 1)
         sandbox.woo.set_stock("Q-1", 9)  # moves its parent's modified date: the tee is read
-        variations_fault(sandbox, shop["tee"], status)
+        fail_record(sandbox, "woo", "woo.variations.list", f"/products/{shop['tee']}/variations", status)
         try:
             summary = cycle(sandbox, ledger)
         finally:
@@ -184,7 +179,7 @@ def test_an_import_that_cannot_be_followed_holds_up_no_other_and_its_lines_are_s
     sandbox.woo.direct_sale("B", 1)
     first = cycle(sandbox, ledger)["stock_import"]
     assert first
-    sandbox.faults.set([{"service": "mirakl", "operation": "STO02", "status": 500, "contains": first}])
+    fail_record(sandbox, "mirakl", "STO02", first)
     try:
         sandbox.woo.direct_sale("A", 1)
         second = cycle(sandbox, ledger)["stock_import"]
