@@ -107,6 +107,13 @@ class Writer:
         None when it did not land (then the write is sent again).
         """
         action = self.begin(write)
+        known = self._without_call(write, action, settle)
+        return known if known is not None else self.send(write, action)
+
+    def _without_call(self, write: Write, action: ActionRecord,
+                      settle: Callable[[ActionRecord], Mapping[str, Any] | None] | None = None) -> WriteResult | None:
+        """The result of a begun action that needs no call (done, failed for good, uncertain and
+        settled or with no way to settle); None when it is to be sent."""
         if action.state == "done":
             return WriteResult(DONE, action, action.outcome)
         if action.state == "failed":
@@ -117,7 +124,7 @@ class Writer:
                 return self.settled(write, action, found)
             if settle is None and not write.landed_if_rejected:
                 return WriteResult(UNCERTAIN, action, error=action.error)
-        return self.send(write, action)
+        return None
 
     def settled(self, write: Write, action: ActionRecord, outcome: Mapping[str, Any]) -> WriteResult:
         """An uncertain attempt's effect was found: record it as done."""
@@ -141,13 +148,8 @@ class Writer:
         results: list[WriteResult | None] = [None] * len(writes)
         to_send: list[int] = []
         for i, (write, action) in enumerate(zip(writes, actions)):
-            if action.state == "done":
-                results[i] = WriteResult(DONE, action, action.outcome)
-            elif action.state == "failed":
-                results[i] = WriteResult(FINAL, action, error=action.error)
-            elif action.state == "uncertain" and not write.repeatable and not write.landed_if_rejected:
-                results[i] = WriteResult(UNCERTAIN, action, error=action.error)
-            else:
+            results[i] = self._without_call(write, action)
+            if results[i] is None:
                 to_send.append(i)
         for i, result in zip(to_send, self.send_all([(writes[i], actions[i]) for i in to_send], workers)):
             results[i] = result
@@ -161,7 +163,8 @@ class Writer:
 
     def send_all(self, begun: Sequence[tuple[Write, ActionRecord]], workers: int = 1) -> list[WriteResult]:
         """:meth:`send` for many begun actions: calls by at most ``workers`` threads, outcomes in one
-        transaction (the threads never touch the ledger's transactions)."""
+        transaction. A thread writes the ledger only to release its action before re-raising (a 401,
+        a write refused while disconnected), each in a transaction of its own."""
         if not begun:
             return []
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(begun))), thread_name_prefix="write") as pool:
