@@ -19,8 +19,9 @@ order in one listing. Each order then needs one WooCommerce reservation (the sto
 ``woo_concurrency`` requests at once, 0.316 s each) and one OR21 (0.15 s, concurrent).
 
 The flow sends its creates ``--woo-workers`` and its OR21s ``--or21-workers`` at a time (the
-flow's defaults, ``WOO_WORKERS`` and ``OR21_WORKERS`` in ``include/woo_mirakl/orders.py``): fewer
-than the floor's, so a cycle of 100 lies above it by about (1/3 − 1/4)·100·0.316 s + 25·0.15 s.
+flow's defaults, ``WOO_WORKERS`` and ``OR21_WORKERS`` in ``include/woo_mirakl/orders.py``): as
+many creates as the store works on at once; OR21s 8 at a time rather than all at once, so a cycle
+of 100 lies above the floor by about 12 × 0.15 s, plus the SKU look-ups and the ledger.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, Airflow, standalone
+from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, UI_TIMEOUT_MS, Airflow, standalone
 
 MARKETPLACE = "sandbox"
 CONN_ID = "mirakl_sandbox"
@@ -157,10 +157,17 @@ def test_a_person_answers_the_required_action_in_the_ui(airflow: Airflow, page) 
     page.screenshot(path=str(airflow.workdir / "required-action.png"), full_page=True)
     page.get_by_role("button", name="Apply the line choices").click()
 
+    # first Airflow takes the answer (the UI's part), then the deferred task resumes on a worker
+    # (the scheduler's part, slow on a loaded 2-core machine): two waits, each with its own message
+    def answered() -> dict | None:
+        found = airflow.call("GET", f"/api/v2/dags/{REVIEW_DAG}/dagRuns/{run_id}/hitlDetails").json()
+        return next((d for d in found.get("hitl_details", []) if d["response_received"]), None)
+
+    airflow.wait_until("the person's answer reaching Airflow", answered, timeout=60)
+    assert answered()["chosen_options"] == ["Apply the line choices"]
     ledger = Ledger.from_url(airflow.ledger_url)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and ledger.get_order(MARKETPLACE, ORDER_ID).decision is None:
-        time.sleep(1)
+    airflow.wait_until("the decide task applying the answer",
+                       lambda: ledger.get_order(MARKETPLACE, ORDER_ID).decision is not None, timeout=RUN_TIMEOUT)
     record = ledger.get_order(MARKETPLACE, ORDER_ID)
     assert record.decision == "partially", record.detail.get("review")
     assert record.detail["review"]["lines"] == {f"{ORDER_ID}-1": "refuse", f"{ORDER_ID}-2": "accept"}
