@@ -47,10 +47,10 @@ demo: settings
 
 test: install
 	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not slow"
 
 sandbox: install
 	$(BIN)/python -m include.sandbox --mirakl-port $(SANDBOX_MIRAKL_PORT) --woo-port $(SANDBOX_WOO_PORT) --scenario demo --state-file $(CURDIR)/var/sandbox-state.json
