@@ -150,7 +150,8 @@ def test_a_person_answers_the_required_action_in_the_ui(airflow: Airflow, page) 
     # resumed before it has taken in the worker's exit from the deferral (apache/airflow#67287,
     # fixed only for the `scheduled` state): answer, as a person would, once the task waits.
     airflow.wait_until("the decide task deferring", lambda: airflow.get(
-        f"/api/v2/dags/{REVIEW_DAG}/dagRuns/{run_id}/taskInstances/decide/{map_index}").json()["state"] == "deferred")
+        f"/api/v2/dags/{REVIEW_DAG}/dagRuns/{run_id}/taskInstances/decide/{map_index}").json()["state"]
+        in ("deferred", "awaiting_input"))
     time.sleep(5)
 
     page.goto(f"{airflow.base_url}/dags/{REVIEW_DAG}/runs/{run_id}/tasks/decide/mapped/{map_index}/required_actions")
