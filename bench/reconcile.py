@@ -117,7 +117,7 @@ def loop_reconcile(records: list[dict], woo_orders: set[str], commission_rate: f
 def compute_pass(lines: int, sample: int) -> dict[str, float]:
     from include.woo_mirakl.reconciliation import Day, Inputs, Rules, reconcile
 
-    rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
+    rules = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3)
     inputs = synthetic(lines // len(SALE_TYPES))
     gc.collect()
     before = peak_rss_mb()
@@ -227,7 +227,7 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     mirakl = MiraklClient(info["mirakl_url"], info["api_key"], shop_id=info["shop_id"], budget=budget,
                           retry=RetryPolicy(timeout=300.0))
     day, stage = Day(DAY), Stage(work / "stage")
-    rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
+    rules = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3)
     timings: dict[str, float] = {}
     cpus: dict[str, float] = {}  # CPU time: what the shared machine's load hardly moves
     peaks: dict[str, float] = {}  # each step's own peak RSS (the window is reset before it)
