@@ -59,16 +59,18 @@ def synthetic(orders: int, seed: int = 7) -> Any:
     rng = np.random.default_rng(seed)
     order_ids = pd.Series([f"SBX{i:08d}-A" for i in range(orders)], dtype="string")
     line_ids = order_ids + "-1"
-    price = np.round(rng.uniform(5, 300, orders), 2)
-    shipping = np.round(rng.choice([0.0, 4.99, 9.99], orders), 2)
-    rate = np.where(rng.random(orders) < 0.005, 0.12, 0.10)
-    fee = np.round((price + shipping) * rate, 2)
-    vat = np.round(fee * 0.2, 2)
+    # integer cents, as the flow holds them
+    price = rng.integers(500, 30000, orders)
+    shipping = rng.choice(np.array([0, 499, 999]), orders)
+    rate = np.where(rng.random(orders) < 0.005, 12, 10)
+    fee = ((price + shipping) * rate + 50) // 100
+    vat = (fee * 20 + 50) // 100
     n = orders * len(SALE_TYPES)
     lines = pd.DataFrame({
         "transaction_id": pd.Series(np.arange(n).astype(str), dtype="string"),
         "type": pd.Series(np.tile(np.array(SALE_TYPES), orders), dtype="string"),
-        "amount": np.column_stack([price, shipping, -fee, -vat]).ravel(),
+        "amount_cents": np.column_stack([price, shipping, -fee, -vat]).ravel(),
+        "amount_error": pd.Series([None] * n, dtype=object),
         "currency": "EUR",
         "billing_cycle_id": "c" * 36,
         "document_number": pd.Series([None] * n, dtype="string"),
@@ -83,7 +85,7 @@ def synthetic(orders: int, seed: int = 7) -> Any:
         "woo_order_id": woo_ids, "woo_line_id": woo_ids, "mirakl_order_id": order_ids, "order_line_id": line_ids,
         "status": pd.Series(["processing"] * orders, dtype="string"),
         "date_created": pd.Timestamp("2026-03-10T09:00:00Z"), "date_completed": pd.NaT,
-        "line_total": price, "order_total": np.round(price + shipping, 2),
+        "line_total": pd.array(price, dtype="Int64"), "order_total": pd.array(price + shipping, dtype="Int64"),
         "commission_as_of": pd.Series([None] * orders, dtype="string"),
     })[known].reset_index(drop=True)
     woo_lines["date_completed"] = pd.to_datetime(woo_lines["date_completed"], utc=True)
@@ -98,15 +100,15 @@ def loop_reconcile(records: list[dict], woo_orders: set[str], commission_rate: f
     """The same line-level join and the two order findings, one Python iteration per row."""
     from include.woo_mirakl.reconciliation import AMOUNT_COLUMNS, BUCKETS
 
-    buckets: dict = defaultdict(lambda: dict.fromkeys(AMOUNT_COLUMNS, 0.0))
+    buckets: dict = defaultdict(lambda: dict.fromkeys(AMOUNT_COLUMNS, 0))
     for row in records:
-        buckets[(row["order_id"], row["order_line_id"])][BUCKETS.get(row["type"], "other_fees")] += row["amount"]
+        buckets[(row["order_id"], row["order_line_id"])][BUCKETS.get(row["type"], "other_fees")] += row["amount_cents"]
     findings, paid = [], defaultdict(float)
     for (order_id, line_id), amounts in buckets.items():
         base = amounts["order_amount"] + amounts["shipping_amount"] + amounts["refund_amount"] + \
             amounts["refund_shipping_amount"]
-        charged = round(-(amounts["commission"] + amounts["refunded_commission"]), 2)
-        if abs(charged - round(base * commission_rate, 2)) > tolerance + 1e-9:
+        charged = -(amounts["commission"] + amounts["refunded_commission"])
+        if abs(charged - round(base * commission_rate)) > tolerance:
             findings.append(("commission_off_rate", order_id, line_id))
         if amounts["order_amount"] > 0:
             paid[order_id] += amounts["order_amount"] + amounts["shipping_amount"]
@@ -117,7 +119,7 @@ def loop_reconcile(records: list[dict], woo_orders: set[str], commission_rate: f
 def compute_pass(lines: int, sample: int) -> dict[str, float]:
     from include.woo_mirakl.reconciliation import Day, Inputs, Rules, reconcile
 
-    rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
+    rules = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3)
     inputs = synthetic(lines // len(SALE_TYPES))
     gc.collect()
     before = peak_rss_mb()
@@ -132,7 +134,7 @@ def compute_pass(lines: int, sample: int) -> dict[str, float]:
         records = head.to_dict("records")
         woo = set(inputs.woo_lines["mirakl_order_id"].astype(str))
         started = time.perf_counter()
-        loop = loop_reconcile(records, woo, 0.10, 0.01)
+        loop = loop_reconcile(records, woo, 0.10, 1)  # cents
         out["loop_per_row_us"] = (time.perf_counter() - started) / len(records) * 1e6
         check = reconcile(Inputs(**{**inputs.__dict__, "day_lines": head, "history_lines": head}), rules, Day(DAY))
         assert len(loop) == len(check.findings), "the loop and the vectorised join disagree"
@@ -227,7 +229,7 @@ def e2e_pass(lines: int, latency_scale: float, conn_out: Any) -> None:
     mirakl = MiraklClient(info["mirakl_url"], info["api_key"], shop_id=info["shop_id"], budget=budget,
                           retry=RetryPolicy(timeout=300.0))
     day, stage = Day(DAY), Stage(work / "stage")
-    rules = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
+    rules = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3)
     timings: dict[str, float] = {}
     cpus: dict[str, float] = {}  # CPU time: what the shared machine's load hardly moves
     peaks: dict[str, float] = {}  # each step's own peak RSS (the window is reset before it)

@@ -26,6 +26,9 @@ independent, so a backfill can run several at once.
 4. **validate_transactions** — the Great Expectations suite `include/config/expectations/transactions.yaml`:
    known types (the spec's enum), amount signs by type, one currency per payout, order ids present.
    A failure stops the run (no report), records a `transaction_suite_failed` exception and alerts.
+   A line whose amount is not an exact number of cents (malformed, `NaN`, empty, or with a fraction of
+   a cent) does not stop the night: it is a `transaction_amount_invalid` exception (keyed by the
+   transaction id) and a finding of the report, and is left out of every total.
 5. **reconcile_and_report** — a vectorised pandas join per order and order line; findings (paid order
    missing in WooCommerce, shipped order missing in Mirakl, commission off the configured rate beyond the
    tolerance, refund in one system only or for another amount, payout differing from its lines) go to
@@ -149,11 +152,17 @@ def build(marketplace: Marketplace) -> None:
 
         from include.woo_mirakl.alerts import send_alert
         from include.woo_mirakl.ledger import get_ledger
-        from include.woo_mirakl.reconciliation import SuiteFailed, validate_transactions as validate
+        from include.woo_mirakl.reconciliation import SuiteFailed, invalid_amounts, validate_transactions as validate
 
         day = _run_day(get_current_context())
+        lines = _stage(name, day).all_transaction_lines()
+        # a line whose amount cannot be read exactly is an exception of its own; the day goes on without it
+        unreadable = {key: {**detail, "day": day.day.isoformat()} for key, detail in invalid_amounts(lines).items()}
+        if unreadable:
+            get_ledger().raise_exceptions("transaction_amount_invalid", unreadable, marketplace=name)
+            tell(f"{len(unreadable)} transaction line(s) with an unreadable amount: exceptions raised, left out")
         try:
-            return validate(_stage(name, day).all_transaction_lines())
+            return validate(lines)
         except SuiteFailed as failed:
             get_ledger().raise_exception("transaction_suite_failed", day.day.isoformat(),
                                          {"summary": str(failed), "failures": failed.failures}, marketplace=name)
@@ -174,8 +183,7 @@ def build(marketplace: Marketplace) -> None:
         day = _run_day(context)
         current = get_marketplace(name)
         stage = _stage(name, day)
-        rules = Rules(commission_rate=float(current.commission_rate),
-                      commission_tolerance=float(current.commission_tolerance),
+        rules = Rules(commission_rate=current.commission_rate, commission_tolerance=current.commission_tolerance,
                       grace_days=GRACE_DAYS, currency=current.currency)
         result = reconcile(stage.inputs(name), rules, day)
         paths = write_reports(result, name, day.day)
@@ -183,8 +191,8 @@ def build(marketplace: Marketplace) -> None:
         stage.save("commissions", result.commissions.astype(object).where(result.commissions.notna(), None)
                    .to_dict("records"))
         figures = {"date": day.day.isoformat(), "directory": str(paths.directory),
-                   "findings": int(len(result.findings)), "sales": float(summary_value(result.summary, "sales")),
-                   "payout_paid": float(summary_value(result.summary, "payout_paid"))}
+                   "findings": int(len(result.findings)), "sales": str(summary_value(result.summary, "sales")),
+                   "payout_paid": str(summary_value(result.summary, "payout_paid"))}
         context["outlet_events"][asset].extra = figures
         return figures
 

@@ -13,6 +13,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -89,7 +90,7 @@ def write_reports(result: Reconciliation, marketplace: str, day: date, root: Pat
         frames = {"summary": result.summary, "lines": result.lines, "findings": result.findings,
                   "payouts": result.payouts}
         for name, frame in frames.items():
-            frame.to_csv(staging.directory / f"{name}.csv", index=False, float_format="%.2f", lineterminator="\n")
+            _write_csv(frame, staging.directory / f"{name}.csv")
         _write_workbook(frames, staging.workbook, day)
         trend = load_trend(marketplace, day, result.summary, root)
         with open(staging.html, "w", encoding="utf-8") as fh:
@@ -98,6 +99,33 @@ def write_reports(result: Reconciliation, marketplace: str, day: date, root: Pat
     finally:
         shutil.rmtree(staging.directory, ignore_errors=True)
     return final
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, rows: int = 20_000) -> None:
+    """The frame as CSV, a block of rows at a time, its money (integer cents) written as decimals."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for start in range(0, max(len(frame), 1), rows):
+            _with_decimals(frame.iloc[start:start + rows]).to_csv(
+                fh, index=False, header=start == 0, float_format="%.2f", lineterminator="\n")
+
+
+def _with_decimals(part: pd.DataFrame) -> pd.DataFrame:
+    """A block of a frame with its money columns (integer cents) as Decimal: the report edge."""
+    from include.woo_mirakl.reconciliation import MONEY_COLUMNS, to_decimal
+
+    money = [c for c in part.columns if c in MONEY_COLUMNS]
+    if not money:
+        return part
+    part = part.copy()
+    for column in money:
+        part[column] = _pd_object([to_decimal(v) for v in part[column].tolist()], part.index)
+    return part
+
+
+def _pd_object(values: list, index: Any) -> Any:
+    import pandas as pd
+
+    return pd.Series(values, index=index, dtype=object)
 
 
 def _swap_in(new: Path, final: Path) -> None:
@@ -141,14 +169,20 @@ def _write_workbook(frames: dict[str, pd.DataFrame], path: Path, day: date) -> N
 
 def _column_blocks(frame: pd.DataFrame, missing: Any, naive: bool = False, rows: int = 20_000) -> Iterator[list]:
     """The frame's values as Python scalars, a block of rows at a time, column by column; a missing
-    value (None, NaN, NA) as ``missing``; with ``naive``, times without their zone (Excel has none)."""
+    value (None, NaN, NA) as ``missing``; with ``naive``, times without their zone (Excel has none);
+    money (integer cents, :data:`MONEY_COLUMNS`) as Decimal."""
     import pandas as pd
+
+    from include.woo_mirakl.reconciliation import MONEY_COLUMNS, to_decimal
 
     for start in range(0, len(frame), rows):
         part = frame.iloc[start:start + rows]
         block = []
         for column in part.columns:
             series = part[column]
+            if column in MONEY_COLUMNS:
+                block.append([missing if v is None else v for v in map(to_decimal, series.tolist())])
+                continue
             if naive and isinstance(series.dtype, pd.DatetimeTZDtype):
                 series = series.dt.tz_localize(None)
             block.append(series.astype(object).where(series.notna(), missing).tolist())
@@ -172,16 +206,16 @@ def load_trend(marketplace: str, day: date, today: pd.DataFrame, root: Path | No
         path = base / past.isoformat() / "summary.csv"
         if path.exists():
             values = read_summary(path)
-            points.append({"date": past, **{key: float(values.get(key) or 0) for key, _, _ in SERIES}})
+            points.append({"date": past, **{key: Decimal(values.get(key) or 0) for key, _, _ in SERIES}})
     current = dict(zip(today["metric"], today["value"]))
-    points.append({"date": day, **{key: float(current.get(key) or 0) for key, _, _ in SERIES}})
+    points.append({"date": day, **{key: Decimal(str(current.get(key) or 0)) for key, _, _ in SERIES}})
     return points
 
 
 # ---- HTML --------------------------------------------------------------------------------------
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
+    if isinstance(value, (float, Decimal)):
         return f"{value:,.2f}"
     if value is None or (not isinstance(value, str) and value != value):
         return ""
@@ -203,8 +237,8 @@ def trend_chart(points: list[dict[str, Any]], width: int = 760, height: int = 26
     """Grouped bars per day: sales, commission (as a positive cost) and payout, as inline SVG."""
     left, bottom, top = 60, 40, 20
     plot_w, plot_h = width - left - 20, height - bottom - top
-    values = [abs(p[key]) for p in points for key, _, _ in SERIES] or [0.0]
-    peak = max(values) or 1.0
+    values = [abs(p[key]) for p in points for key, _, _ in SERIES] or [Decimal(0)]
+    peak = max(values) or Decimal(1)
     slot = plot_w / max(len(points), 1)
     bar = max(slot / (len(SERIES) + 1), 1.0)
     parts = [f'<svg class="chart" id="chart-trend" xmlns="http://www.w3.org/2000/svg" width="{width}" '
@@ -216,7 +250,7 @@ def trend_chart(points: list[dict[str, Any]], width: int = 760, height: int = 26
         x0 = left + index * slot + bar / 2
         for series_index, (key, label, colour) in enumerate(SERIES):
             value = abs(point[key])
-            h = plot_h * value / peak
+            h = plot_h * float(value / peak)  # pixels: the only place a float may hold money
             x = x0 + series_index * bar
             parts.append(f'<rect class="bar {key}" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" '
                          f'height="{h:.1f}" fill="{colour}"><title>{point["date"]:%Y-%m-%d} {label}: '

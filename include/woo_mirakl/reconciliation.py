@@ -7,8 +7,13 @@ over rows) and returns the summary, the line-level reconciliation, the findings 
 commission to write back to each WooCommerce order.
 
 Amounts follow Mirakl's signs from the seller's side: sales are positive, commissions and
-refunds negative. Money is float rounded to cents; two amounts differ when they are more than
-half a cent apart.
+refunds negative. Money is exact: amounts are read from the APIs' text (JSON numbers parsed as
+Decimal, WooCommerce's strings) into integer cents, held in int64 columns (``Int64`` where a
+value may be missing: the columns of :data:`MONEY_COLUMNS`), summed as integers and turned into
+Decimal only at the edge (the summary, the ledger rows, the report files). An amount that is
+not an exact number of cents (malformed, not finite, or with a fraction of a cent) is never
+rounded nor taken as 0: its line is left out of every total and becomes a
+``transaction_amount_invalid`` finding (and a ledger exception) of its own.
 
 The last section is the I/O the DAG's tasks call around the join: reading TL02/IV01 and
 WooCommerce into a staging directory, and writing commissions back to WooCommerce.
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -26,7 +33,9 @@ if TYPE_CHECKING:  # pandas is imported by the functions: the DAG file must pars
     import pandas as pd
 
 SUITE_FILE = Path(__file__).resolve().parents[1] / "config" / "expectations" / "transactions.yaml"
-CENT = 0.005  # two amounts are equal when closer than half a cent
+# A bound on any one amount (ten trillion in the currency's unit): beyond it the text is a
+# mistake, and a day of such amounts still sums within int64.
+MAX_CENTS = 10**15
 
 # TL02 types grouped into the columns finance reads; anything else is an "other fee".
 BUCKETS: dict[str, str] = {
@@ -48,6 +57,11 @@ TRANSACTION_COLUMNS = [
     "transaction_id", "type", "amount", "currency", "billing_cycle_id", "document_number",
     "date_created", "order_id", "order_line_id",
 ]
+# The typed frame: ``amount`` as int64 cents, and why a line's amount could not be read (NA if it could).
+LINE_COLUMNS = [
+    "transaction_id", "type", "amount_cents", "amount_error", "currency", "billing_cycle_id", "document_number",
+    "date_created", "order_id", "order_line_id",
+]
 WOO_LINE_COLUMNS = [
     "woo_order_id", "woo_line_id", "mirakl_order_id", "order_line_id", "status", "date_created",
     "date_completed", "line_total", "order_total", "commission_as_of",
@@ -57,6 +71,7 @@ FINDING_COLUMNS = [
     "difference", "currency", "detail",
 ]
 FINDING_KINDS = (
+    "transaction_amount_invalid",
     "order_missing_in_woocommerce",
     "order_missing_in_mirakl",
     "commission_off_rate",
@@ -65,6 +80,13 @@ FINDING_KINDS = (
     "refund_amount_mismatch",
     "payout_mismatch",
 )
+# Every money column of the frames :func:`reconcile` returns: integer cents (see the module's docstring).
+MONEY_COLUMNS = frozenset([
+    *AMOUNT_COLUMNS, "net_amount", "woo_line_total", "commission_expected", "commission_charged",
+    "commission_difference", "amount_mirakl", "amount_woo", "difference", "invoice_total_charged", "paid",
+    "lines_total", "commission_tax", "total_excl_taxes", "total_incl_taxes", "total_charged", "line_total",
+    "order_total", "amount_cents",
+])
 META_ORDER_ID = "_mirakl_order_id"
 META_MARKETPLACE = "_mirakl_marketplace"
 META_LINE_ID = "_mirakl_order_line_id"
@@ -102,12 +124,24 @@ class Day:
 
 @dataclass(frozen=True)
 class Rules:
-    """What counts as a discrepancy for one marketplace."""
+    """What counts as a discrepancy for one marketplace (rate and tolerance as Decimal or text)."""
 
-    commission_rate: float
-    commission_tolerance: float  # absolute, in the marketplace currency, per order line
+    commission_rate: Decimal
+    commission_tolerance: Decimal  # absolute, in the marketplace currency, per order line
     grace_days: int  # a shipped WooCommerce order must show in Mirakl's lines within this many days
     currency: str = "EUR"
+
+    def __post_init__(self) -> None:
+        for name in ("commission_rate", "commission_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, float):
+                raise TypeError(f"Rules.{name} must be a Decimal or text, not float ({value!r})")
+            object.__setattr__(self, name, Decimal(str(value)))
+
+    @property
+    def tolerance_cents(self) -> int:
+        """The tolerance in whole cents (a difference in cents above it is off)."""
+        return int((self.commission_tolerance * 100).to_integral_value(rounding="ROUND_FLOOR"))
 
 
 @dataclass
@@ -134,17 +168,90 @@ class Reconciliation:
     payouts: pd.DataFrame  # per accounting document issued that day: paid vs its lines
 
 
+# ---- money: exact integer cents ----------------------------------------------------------------
+
+class AmountError(ValueError):
+    """A money value that is not an exact number of cents: malformed, missing, not finite, sub-cent."""
+
+
+def parse_cents(value: Any) -> int:
+    """Exact integer cents of a money value as the APIs give it: a Decimal (a JSON number parsed
+    exactly), text, or an int. A float is refused: money must never have passed through one."""
+    if isinstance(value, bool):
+        raise AmountError(f"{value!r} is not an amount")
+    if isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise AmountError(f"{value!r} is not a number") from None
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AmountError(f"{value!r} is not a finite number")
+        raise TypeError(f"money arrived as float ({value!r}): parse the API's text as Decimal")
+    elif value is None:
+        raise AmountError("no amount")
+    else:
+        raise AmountError(f"{value!r} is not an amount")
+    if not number.is_finite():
+        raise AmountError(f"{value!r} is not a finite number")
+    cents = number.scaleb(2)
+    if cents != cents.to_integral_value():
+        raise AmountError(f"{value!r} has a fraction of a cent (more than two decimals): it cannot be booked exactly")
+    if abs(cents) >= MAX_CENTS:
+        raise AmountError(f"{value!r} is out of range")
+    return int(cents)
+
+
+def _cents_and_errors(values: Iterable[Any]) -> tuple[Any, list[str | None]]:
+    """Each value's cents (0 where unreadable) as an int64 array, and the reason where unreadable."""
+    import numpy as np
+
+    cents, errors = [], []
+    for value in values:
+        try:
+            cents.append(parse_cents(value))
+            errors.append(None)
+        except AmountError as error:
+            cents.append(0)
+            errors.append(str(error))
+    return np.array(cents, dtype=np.int64), errors
+
+
+def _money(series: pd.Series) -> pd.Series:
+    """Cents of a column of money text (WooCommerce, IV01) as ``Int64``; NA where absent or unreadable."""
+    pd = _pd()
+    cents, errors = _cents_and_errors(series.tolist())
+    return pd.Series(pd.array(cents, dtype="Int64"), index=series.index).mask(pd.Series(errors, index=series.index)
+                                                                              .notna())
+
+
+def to_decimal(cents: Any) -> Decimal | None:
+    """Integer cents as a Decimal with two places (the report edge); None when missing."""
+    if cents is None or cents is _pd().NA or cents != cents:
+        return None
+    return Decimal(int(cents)).scaleb(-2)
+
+
+def _times_rate(cents: Any, rate: Decimal) -> Any:
+    """``cents * rate`` rounded to the cent, half away from zero, in exact integer arithmetic."""
+    import numpy as np
+
+    fraction = Fraction(rate)
+    values = np.asarray(cents, dtype=np.int64) * fraction.numerator
+    halves = (2 * np.abs(values) + fraction.denominator) // (2 * fraction.denominator)
+    return np.sign(values) * halves
+
+
 # ---- normalising API rows into frames ------------------------------------------------------------
 
 def _pd():
     import pandas
 
     return pandas
-
-
-def _money(series: pd.Series) -> pd.Series:
-    pd = _pd()
-    return pd.to_numeric(series, errors="coerce").astype("float64").round(2)
 
 
 def _utc(series: pd.Series) -> pd.Series:
@@ -171,18 +278,41 @@ def transactions_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 # Columns that repeat across lines (a type, a currency, a cycle, an order's four lines or more):
 # held as categories, each distinct text once and a small integer per line, so a million lines
 # cost tens of megabytes, not the hundreds one Python string per cell would.
-CATEGORY_COLUMNS = ("type", "currency", "billing_cycle_id", "document_number", "order_id", "order_line_id")
+CATEGORY_COLUMNS = ("type", "currency", "billing_cycle_id", "document_number", "order_id", "order_line_id",
+                    "amount_error")
 
 
 def normalise_transactions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Typed columns for a frame with :data:`TRANSACTION_COLUMNS` (also used by the benchmark)."""
+    """Typed columns (:data:`LINE_COLUMNS`) for a frame with :data:`TRANSACTION_COLUMNS`; a frame
+    whose amounts are already int64 cents (``amount_cents``, as the benchmark builds them) keeps them."""
     pd = _pd()
-    out = frame.reindex(columns=TRANSACTION_COLUMNS).copy()
+    if "amount_cents" in frame.columns:
+        out = frame.reindex(columns=LINE_COLUMNS).copy()
+        out["amount_cents"] = out["amount_cents"].astype("int64")
+    else:
+        out = frame.reindex(columns=TRANSACTION_COLUMNS).copy()
+        cents, errors = _cents_and_errors(out.pop("amount").tolist())
+        out.insert(2, "amount_cents", cents)
+        out.insert(3, "amount_error", pd.Series(errors, index=out.index, dtype=object))
     out["transaction_id"] = out["transaction_id"].astype("string")
     out = _categorise(out)
-    out["amount"] = _money(out["amount"])
     out["date_created"] = _utc(out["date_created"]) if len(out) else pd.Series([], dtype="datetime64[ns, UTC]")
     return out
+
+
+def readable(lines: pd.DataFrame) -> pd.DataFrame:
+    """The lines whose amount was read exactly: the only ones any total is made of."""
+    unread = lines["amount_error"].notna()
+    return lines[~unread] if unread.any() else lines  # no copy of a million clean lines
+
+
+def invalid_amounts(lines: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Lines whose amount could not be read, by transaction id: the ledger exceptions to raise."""
+    bad = _unreadable(lines)
+    return {str(r["transaction_id"]): {"reason": r["amount_error"], "type": _text(r["type"]),
+                                       "order_id": _text(r["order_id"]), "order_line_id": _text(r["order_line_id"]),
+                                       "document_number": _text(r["document_number"])}
+            for r in bad.to_dict("records")}
 
 
 def _categorise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -331,8 +461,9 @@ def _condition_text(condition: Any) -> str | None:
 
 
 def validation_frame(lines: pd.DataFrame) -> pd.DataFrame:
-    """The lines plus the derived column the one-currency-per-payout expectation reads."""
-    out = lines.copy()
+    """The readable lines (an unreadable amount is a finding of its own, not a failed night) plus the
+    derived column the one-currency-per-payout expectation reads; ``amount`` in cents."""
+    out = readable(lines).drop(columns="amount_error").rename(columns={"amount_cents": "amount"})
     per_document = out.groupby("document_number", dropna=True)["currency"].transform("nunique")
     out["currencies_per_payout"] = per_document.fillna(1).astype("int64")
     # GX's pandas row conditions need plain object columns
@@ -402,9 +533,9 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
 
     pd = _pd()
     sub = lines.loc[lines["order_id"].notna() & (lines["type"] != "PAYMENT").fillna(True),
-                    ["order_id", "order_line_id", "type", "amount"]]
+                    ["order_id", "order_line_id", "type", "amount_cents"]]
     if sub.empty:
-        return pd.DataFrame({c: pd.Series(dtype="string" if c in ("order_id", "order_line_id") else "float64")
+        return pd.DataFrame({c: pd.Series(dtype="string" if c in ("order_id", "order_line_id") else "int64")
                              for c in ["order_id", "order_line_id", *AMOUNT_COLUMNS]})
     # one key per order line; a line-less order row keys on its order (marked so it cannot clash)
     line_ids = sub["order_line_id"]
@@ -423,9 +554,9 @@ def line_amounts(lines: pd.DataFrame) -> pd.DataFrame:
     column_of = {name: i for i, name in enumerate(AMOUNT_COLUMNS)}
     bucket_codes = _bucket(sub["type"]).map(column_of).to_numpy(dtype=np.int64)
     width = len(AMOUNT_COLUMNS)
-    sums = np.bincount(key_codes * width + bucket_codes, weights=sub["amount"].fillna(0.0).to_numpy(dtype=float),
-                       minlength=len(uniques) * width).reshape(len(uniques), width)
-    out = pd.DataFrame(np.round(sums, 2), columns=AMOUNT_COLUMNS)
+    sums = np.zeros(len(uniques) * width, dtype=np.int64)  # integer cents: exact, unlike bincount's float weights
+    np.add.at(sums, key_codes * width + bucket_codes, sub["amount_cents"].to_numpy(dtype=np.int64))
+    out = pd.DataFrame(sums.reshape(len(uniques), width), columns=AMOUNT_COLUMNS)
     orders = sub["order_id"].to_numpy(dtype=object)[first]
     out.insert(0, "order_id", pd.array(orders, dtype="string"))
     out.insert(1, "order_line_id", pd.array(line_ids.to_numpy(dtype=object, na_value="")[first], dtype="string"))
@@ -442,8 +573,7 @@ def _order_map(inputs: Inputs) -> pd.DataFrame:
 
 def _empty_findings() -> pd.DataFrame:
     pd = _pd()
-    return pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith(("amount", "difference")) else "object")
-                         for c in FINDING_COLUMNS})
+    return pd.DataFrame({c: pd.Series(dtype="Int64" if c in MONEY_COLUMNS else "object") for c in FINDING_COLUMNS})
 
 
 def _findings(frame: pd.DataFrame, kind: str, currency: str, **columns: Any) -> pd.DataFrame:
@@ -465,6 +595,10 @@ def _findings(frame: pd.DataFrame, kind: str, currency: str, **columns: Any) -> 
 def reconcile(inputs: Inputs, rules: Rules, day: Day) -> Reconciliation:
     """Join one day's Mirakl lines with WooCommerce and the ledger; everything vectorised."""
     pd = _pd()
+    read_lines = len(inputs.day_lines)
+    unreadable = _invalid_amount_findings(inputs, rules.currency)
+    inputs = Inputs(**{**inputs.__dict__, **{name: readable(getattr(inputs, name))
+                                             for name in ("day_lines", "history_lines", "cycle_lines")}})
     day_lines = inputs.day_lines
     currency = rules.currency
     order_map = _order_map(inputs)
@@ -477,14 +611,15 @@ def reconcile(inputs: Inputs, rules: Rules, day: Day) -> Reconciliation:
     lines = lines.merge(woo_line[["order_line_id", "line_total"]].rename(columns={"line_total": "woo_line_total"}),
                         how="left", on="order_line_id")
     base = lines[["order_amount", "shipping_amount", "refund_amount", "refund_shipping_amount"]].sum(axis=1)
-    lines["commission_expected"] = (base * rules.commission_rate).round(2)
-    lines["commission_charged"] = -(lines["commission"] + lines["refunded_commission"]).round(2)
-    lines["commission_difference"] = (lines["commission_charged"] - lines["commission_expected"]).round(2)
-    lines["net_amount"] = lines[AMOUNT_COLUMNS].sum(axis=1).round(2)
+    lines["commission_expected"] = _times_rate(base, rules.commission_rate)
+    lines["commission_charged"] = -(lines["commission"] + lines["refunded_commission"])
+    lines["commission_difference"] = lines["commission_charged"] - lines["commission_expected"]
+    lines["net_amount"] = lines[AMOUNT_COLUMNS].sum(axis=1)
     lines["currency"] = currency
 
     payout_table = payouts(inputs)
     findings = [
+        unreadable,
         _missing_in_woocommerce(lines, inputs, day, currency),
         _missing_in_mirakl(inputs, rules, day, currency),
         _commission_off_rate(lines, rules, currency),
@@ -495,18 +630,35 @@ def reconcile(inputs: Inputs, rules: Rules, day: Day) -> Reconciliation:
     findings_frame = findings_frame.sort_values(["kind", "order_id", "line_id", "document_number"],
                                                 na_position="last", kind="stable").reset_index(drop=True)
     findings_frame["woo_order_id"] = findings_frame["woo_order_id"].astype("Int64")
+    for column in ("amount_mirakl", "amount_woo", "difference"):
+        findings_frame[column] = findings_frame[column].astype("Int64")
 
     lines = lines.sort_values(["order_id", "order_line_id"], kind="stable").reset_index(drop=True)
     lines = lines[["order_id", "order_line_id", "woo_order_id", *AMOUNT_COLUMNS, "net_amount", "woo_line_total",
                    "commission_expected", "commission_charged", "commission_difference", "currency"]]
     lines["woo_order_id"] = lines["woo_order_id"].astype("Int64")
     return Reconciliation(
-        summary=_summary(day_lines, payout_table, findings_frame, lines, day, currency),
+        summary=_summary(day_lines, read_lines, payout_table, findings_frame, lines, day, currency),
         lines=lines,
         findings=findings_frame,
         commissions=_commissions(inputs, amounts, order_map, currency),
         payouts=payout_table,
     )
+
+
+def _invalid_amount_findings(inputs: Inputs, currency: str) -> pd.DataFrame:
+    """One finding per line of the day or of its payouts whose amount could not be read exactly."""
+    pd = _pd()
+    lines = pd.concat([_unreadable(inputs.day_lines), _unreadable(inputs.cycle_lines)])
+    lines = lines.drop_duplicates("transaction_id")
+    detail = ("transaction " + lines["transaction_id"].astype(str) + " (" + lines["type"].astype(str) + "): amount "
+              + lines["amount_error"].astype(str) + "; the line is left out of every total")
+    return _findings(lines, "transaction_amount_invalid", currency, order_id="order_id", line_id="order_line_id",
+                     document_number="document_number", detail=detail)
+
+
+def _unreadable(lines: pd.DataFrame) -> pd.DataFrame:
+    return lines[lines["amount_error"].notna()]
 
 
 def _missing_in_woocommerce(lines: pd.DataFrame, inputs: Inputs, day: Day, currency: str) -> pd.DataFrame:
@@ -516,9 +668,9 @@ def _missing_in_woocommerce(lines: pd.DataFrame, inputs: Inputs, day: Day, curre
     per_order = lines.groupby("order_id", as_index=False).agg(
         woo_order_id=("woo_order_id", "first"), paid=("order_amount", "sum"), shipping=("shipping_amount", "sum"))
     missing = per_order[(per_order["paid"] > 0) & ~per_order["woo_order_id"].isin(known)]
-    amount = (missing["paid"] + missing["shipping"]).round(2)
+    amount = missing["paid"] + missing["shipping"]
     return _findings(missing, "order_missing_in_woocommerce", currency, order_id="order_id", amount_mirakl=amount,
-                     amount_woo=0.0, difference=amount,
+                     amount_woo=0, difference=amount,
                      detail="Mirakl debited the customer; no WooCommerce order carries this Mirakl order id")
 
 
@@ -532,13 +684,13 @@ def _missing_in_mirakl(inputs: Inputs, rules: Rules, day: Day, currency: str) ->
                          for f in (inputs.history_lines, inputs.day_lines)])
     missing = shipped[~shipped["mirakl_order_id"].isin(sold)]
     return _findings(missing, "order_missing_in_mirakl", currency, order_id="mirakl_order_id",
-                     woo_order_id="woo_order_id", amount_mirakl=0.0, amount_woo="order_total",
+                     woo_order_id="woo_order_id", amount_mirakl=0, amount_woo="order_total",
                      difference=-missing["order_total"],
                      detail=f"shipped in WooCommerce {rules.grace_days} days ago; no Mirakl order amount line since")
 
 
 def _commission_off_rate(lines: pd.DataFrame, rules: Rules, currency: str) -> pd.DataFrame:
-    off = lines[lines["commission_difference"].abs() > rules.commission_tolerance + 1e-9]
+    off = lines[lines["commission_difference"].abs() > rules.tolerance_cents]
     return _findings(off, "commission_off_rate", currency, order_id="order_id", line_id="order_line_id",
                      woo_order_id="woo_order_id", amount_mirakl="commission_charged", amount_woo="commission_expected",
                      difference="commission_difference",
@@ -551,19 +703,19 @@ def _refund_findings(day_lines: pd.DataFrame, inputs: Inputs, order_map: pd.Data
     """Refunds of the day per order: in one system only, or for different amounts."""
     pd = _pd()
     refund_types = day_lines["type"].isin(["REFUND_ORDER_AMOUNT", "REFUND_ORDER_SHIPPING_AMOUNT"])
-    mirakl = (-day_lines[refund_types].groupby("order_id")["amount"].sum()).round(2).rename("amount_mirakl")
+    mirakl = (-day_lines[refund_types].groupby("order_id", observed=True)["amount_cents"].sum()).rename("amount_mirakl")
     woo_refunds = inputs.woo_refunds
     woo_refunds = woo_refunds[(woo_refunds["date_created"] >= day.start) & (woo_refunds["date_created"] < day.end)]
     marketplace_orders = order_map.dropna(subset=["woo_order_id"])
     woo = woo_refunds.merge(marketplace_orders, on="woo_order_id", how="inner")
-    woo = woo.groupby("mirakl_order_id")["amount"].sum().round(2).rename("amount_woo")
-    both = pd.concat([mirakl, woo], axis=1).fillna(0.0)
+    woo = woo.groupby("mirakl_order_id")["amount"].sum().rename("amount_woo")
+    both = pd.concat([mirakl, woo], axis=1).fillna(0).astype("int64")
     both.index.name = "order_id"
     both = both.reset_index().merge(order_map, how="left", left_on="order_id", right_on="mirakl_order_id")
-    both["difference"] = (both["amount_mirakl"] - both["amount_woo"]).round(2)
+    both["difference"] = both["amount_mirakl"] - both["amount_woo"]
     only_woo = both[(both["amount_woo"] > 0) & (both["amount_mirakl"] == 0)]
     only_mirakl = both[(both["amount_mirakl"] > 0) & (both["amount_woo"] == 0)]
-    different = both[(both["amount_woo"] > 0) & (both["amount_mirakl"] > 0) & (both["difference"].abs() > CENT)]
+    different = both[(both["amount_woo"] > 0) & (both["amount_mirakl"] > 0) & (both["difference"] != 0)]
     common = {"order_id": "order_id", "woo_order_id": "woo_order_id", "amount_mirakl": "amount_mirakl",
               "amount_woo": "amount_woo", "difference": "difference"}
     return [
@@ -591,17 +743,17 @@ def payouts(inputs: Inputs) -> pd.DataFrame:
     lines = lines[lines["document_number"].isin(wanted)]
     lines = lines.drop_duplicates("transaction_id")
     is_payment = lines["type"] == "PAYMENT"
-    paid = (-lines[is_payment].groupby("document_number")["amount"].sum()).rename("paid")
-    owed = lines[~is_payment].groupby("document_number")["amount"].sum().rename("lines_total")
+    paid = (-lines[is_payment].groupby("document_number", observed=True)["amount_cents"].sum()).rename("paid")
+    owed = lines[~is_payment].groupby("document_number", observed=True)["amount_cents"].sum().rename("lines_total")
     currency = lines.groupby("document_number")["currency"].first().rename("currency")
     out = base.merge(pd.concat([paid, owed, currency], axis=1).reset_index(), how="left", on="document_number")
-    out[["paid", "lines_total"]] = out[["paid", "lines_total"]].fillna(0.0).round(2)
-    out["difference"] = (out["paid"] - out["lines_total"]).round(2)
+    out[["paid", "lines_total"]] = out[["paid", "lines_total"]].fillna(0).astype("int64")
+    out["difference"] = out["paid"] - out["lines_total"]
     return out.sort_values("document_number", kind="stable").reset_index(drop=True)
 
 
 def _payout_findings(table: pd.DataFrame, currency: str) -> pd.DataFrame:
-    off = table[table["difference"].abs() > CENT]
+    off = table[table["difference"] != 0]
     return _findings(off, "payout_mismatch", currency, document_number="document_number", amount_mirakl="paid",
                      amount_woo="lines_total", difference="difference",
                      detail="payment voucher total differs from the sum of its transaction lines "
@@ -621,29 +773,31 @@ def _commissions(inputs: Inputs, lines: pd.DataFrame, order_map: pd.DataFrame, c
 
     day = per_order(lines)
     history = per_order(line_amounts(inputs.history_lines))
-    totals = history[history.index.isin(day.index)].combine_first(day).reset_index()
+    # the history's figure where it has the order, else the day's (concat keeps the integers exact)
+    totals = _pd().concat([history[history.index.isin(day.index)], day[~day.index.isin(history.index)]])
+    totals = totals.rename_axis("order_id").reset_index()
     totals = totals.merge(order_map, left_on="order_id", right_on="mirakl_order_id", how="inner")
     woo = inputs.woo_lines.drop_duplicates("woo_order_id")[["woo_order_id", "commission_as_of"]]
     totals = totals.merge(woo, on="woo_order_id", how="left")
-    totals[["commission", "commission_tax"]] = totals[["commission", "commission_tax"]].round(2)
     totals["currency"] = currency
     totals = totals.sort_values("woo_order_id", kind="stable").reset_index(drop=True)
     return totals[["woo_order_id", "order_id", "commission", "commission_tax", "currency", "commission_as_of"]]
 
 
-def _summary(day_lines: pd.DataFrame, table: pd.DataFrame, findings: pd.DataFrame, lines: pd.DataFrame, day: Day,
-             currency: str) -> pd.DataFrame:
+def _summary(day_lines: pd.DataFrame, read_lines: int, table: pd.DataFrame, findings: pd.DataFrame,
+             lines: pd.DataFrame, day: Day, currency: str) -> pd.DataFrame:
+    """Metric and value; money as Decimal (the report edge); ``read_lines`` counts unreadable lines too."""
     pd = _pd()
-    by_type = day_lines.groupby("type", observed=True)["amount"].sum()  # few groups, then bucketed
+    by_type = day_lines.groupby("type", observed=True)["amount_cents"].sum()  # few groups, then bucketed
     by_bucket = by_type.groupby(_bucket(by_type.index.to_series()).to_numpy()).sum()
 
-    def total(*names: str) -> float:
-        return round(float(sum(by_bucket.get(n, 0.0) for n in names)), 2)
+    def total(*names: str) -> Decimal:
+        return to_decimal(sum(int(by_bucket.get(n, 0)) for n in names))
 
     metrics = [
         ("date", day.day.isoformat()),
         ("currency", currency),
-        ("transaction_lines", int(len(day_lines))),
+        ("transaction_lines", int(read_lines)),
         ("orders", int(lines["order_id"].nunique())),
         ("sales", total("order_amount", "shipping_amount")),
         ("order_amount", total("order_amount")),
@@ -655,8 +809,8 @@ def _summary(day_lines: pd.DataFrame, table: pd.DataFrame, findings: pd.DataFram
         ("other_fees", total("other_fees")),
         ("net_amount", total(*AMOUNT_COLUMNS)),
         ("payouts", int(len(table))),
-        ("payout_expected", round(float(table["lines_total"].sum()), 2)),
-        ("payout_paid", round(float(table["paid"].sum()), 2)),
+        ("payout_expected", to_decimal(int(table["lines_total"].sum()))),
+        ("payout_paid", to_decimal(int(table["paid"].sum()))),
         ("findings", int(len(findings))),
     ]
     metrics += [(f"findings_{kind}", int((findings["kind"] == kind).sum())) for kind in FINDING_KINDS]
@@ -668,12 +822,8 @@ def summary_value(summary: pd.DataFrame, metric: str) -> Any:
 
 
 def ledger_rows(findings: pd.DataFrame) -> list[dict[str, Any]]:
-    """Findings as the ledger's reconciliation_results rows."""
-    from decimal import Decimal
-
-    def money(value: Any) -> Decimal | None:
-        return None if value is None or value != value else Decimal(str(round(float(value), 2)))
-
+    """Findings as the ledger's reconciliation_results rows (money as Decimal)."""
+    money = to_decimal
     rows = []
     for record in findings.to_dict("records"):  # the ledger API takes rows; this is I/O, not the join
         rows.append({
@@ -909,8 +1059,8 @@ def write_back_commissions(woo: Any, commissions: pd.DataFrame, day: Day) -> dic
     newer = commissions["commission_as_of"].fillna("") > day.day.isoformat()
     for row in commissions[~newer].to_dict("records"):  # one PUT per order: I/O, not the join
         woo.update_order(int(row["woo_order_id"]), {"meta_data": [
-            {"key": META_COMMISSION, "value": f"{row['commission']:.2f}"},
-            {"key": META_COMMISSION_TAX, "value": f"{row['commission_tax']:.2f}"},
+            {"key": META_COMMISSION, "value": str(to_decimal(row["commission"]))},
+            {"key": META_COMMISSION_TAX, "value": str(to_decimal(row["commission_tax"]))},
             {"key": META_COMMISSION_CURRENCY, "value": row["currency"]},
             {"key": META_COMMISSION_AS_OF, "value": day.day.isoformat()},
         ]})

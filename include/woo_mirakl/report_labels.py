@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 FINDINGS = {
+    "transaction_amount_invalid": "Mirakl line with an unreadable amount",
     "order_missing_in_woocommerce": "Paid on Mirakl, missing in WooCommerce",
     "order_missing_in_mirakl": "Shipped in WooCommerce, missing on Mirakl",
     "commission_off_rate": "Commission not at the agreed rate",

@@ -63,7 +63,7 @@ def read_transaction_export(
     frames, new_orders, created = [], set(), {}
     for url in status.urls:
         # each item is read once, as parsed: its row for the frame, its order if new
-        rows = mirakl.iter_export_file(url, "TL05")
+        rows = mirakl.iter_export_file(url, "TL05", exact=True)  # amounts as Decimal, never float
         frames.append(transactions_frame(_noting_new_orders(rows, new_since, created, new_orders)))
     log.info("%s: export %s gave %d lines in %d files", marketplace, tracking_id,
              sum(len(f) for f in frames), len(frames))

@@ -30,7 +30,7 @@ from include.woo_mirakl.reconciliation import (
 
 MP = "sandbox"
 DAY = date(2026, 3, 10)
-RULES = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3)
+RULES = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3)
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, timeout=5.0, connect_timeout=2.0)
 
 

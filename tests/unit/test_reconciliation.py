@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import itertools
 from datetime import date
+from decimal import Decimal
 
 import pandas as pd
 import pytest
 
 from include.woo_mirakl import finance_reports
 from include.woo_mirakl.reconciliation import (
+    AmountError,
     Day,
     Inputs,
     Rules,
     SuiteFailed,
     documents_frame,
+    invalid_amounts,
     ledger_frame,
     ledger_rows,
+    parse_cents,
     reconcile,
     summary_value,
     transactions_frame,
@@ -25,18 +29,19 @@ from include.woo_mirakl.reconciliation import (
 )
 
 DAY = Day(date(2026, 3, 10))
-RULES = Rules(commission_rate=0.10, commission_tolerance=0.01, grace_days=3, currency="EUR")
+RULES = Rules(commission_rate="0.10", commission_tolerance="0.01", grace_days=3, currency="EUR")
 _ids = itertools.count(1)
 
 
-def tl(kind: str, amount: float, order: str | None = None, line: str | None = None, when: str = "2026-03-10T10:00:00Z",
+def tl(kind: str, amount: float | str, order: str | None = None, line: str | None = None, when: str = "2026-03-10T10:00:00Z",
        document: str | None = None, cycle: str = "c" * 36, currency: str = "EUR") -> dict:
     entities = {}
     if order:
         entities["order"] = {"id": order}
     if line:
         entities["order_line"] = {"id": line}
-    return {"id": f"t{next(_ids)}", "type": kind, "amount": amount, "currency_iso_code": currency,
+    # as the client parses it: the JSON number's text as a Decimal
+    return {"id": f"t{next(_ids)}", "type": kind, "amount": Decimal(str(amount)) if isinstance(amount, float) else amount, "currency_iso_code": currency,
             "seller_billing_cycle_id": cycle, "accounting_document_number": document, "date_created": when,
             "entities": entities}
 
@@ -78,14 +83,14 @@ def test_a_clean_day_has_no_findings_and_sums_up():
     lines = sale("A", 100.0, 5.0) + sale("B", 40.0, 0.0)
     result = reconcile(inputs(lines, [woo_order(1, "A", 100.0), woo_order(2, "B", 40.0)]), RULES, DAY)
     assert result.findings.empty
-    assert summary_value(result.summary, "sales") == 145.0
-    assert summary_value(result.summary, "commission_fee") == -14.5
-    assert summary_value(result.summary, "commission_tax") == -2.9
-    assert summary_value(result.summary, "net_amount") == 127.6
+    assert summary_value(result.summary, "sales") == Decimal("145.00")
+    assert summary_value(result.summary, "commission_fee") == Decimal("-14.50")
+    assert summary_value(result.summary, "commission_tax") == Decimal("-2.90")
+    assert summary_value(result.summary, "net_amount") == Decimal("127.60")
     assert list(result.lines["order_id"]) == ["A", "B"]
     assert list(result.lines["woo_order_id"]) == [1, 2]
-    assert list(result.lines["commission_difference"]) == [0.0, 0.0]
-    assert list(result.commissions.sort_values("woo_order_id")["commission"]) == [10.5, 4.0]
+    assert list(result.lines["commission_difference"]) == [0, 0]  # frames hold integer cents
+    assert list(result.commissions.sort_values("woo_order_id")["commission"]) == [1050, 400]
 
 
 def test_every_kind_of_discrepancy_is_found_with_its_amounts():
@@ -115,14 +120,14 @@ def test_every_kind_of_discrepancy_is_found_with_its_amounts():
                        RULES, DAY)
     found = {(r["kind"], r["order_id"] if isinstance(r["order_id"], str) else r["document_number"]):
              (r["amount_mirakl"], r["amount_woo"], r["difference"]) for r in result.findings.to_dict("records")}
-    assert found == {
-        ("order_missing_in_woocommerce", "NOWOO"): (54.0, 0.0, 54.0),
-        ("order_missing_in_mirakl", "GHOST"): (0.0, 33.0, -33.0),
-        ("commission_off_rate", "HIGH"): (24.0, 20.0, 4.0),
-        ("refund_missing_in_woocommerce", "MIRONLY"): (20.0, 0.0, 20.0),
-        ("refund_missing_in_mirakl", "WOOONLY"): (0.0, 80.0, -80.0),
-        ("refund_amount_mismatch", "DIFF"): (15.0, 12.5, 2.5),
-        ("payout_mismatch", "000000000001"): (10.0, 8.8, 1.2),
+    assert found == {  # integer cents
+        ("order_missing_in_woocommerce", "NOWOO"): (5400, 0, 5400),
+        ("order_missing_in_mirakl", "GHOST"): (0, 3300, -3300),
+        ("commission_off_rate", "HIGH"): (2400, 2000, 400),
+        ("refund_missing_in_woocommerce", "MIRONLY"): (2000, 0, 2000),
+        ("refund_missing_in_mirakl", "WOOONLY"): (0, 8000, -8000),
+        ("refund_amount_mismatch", "DIFF"): (1500, 1250, 250),
+        ("payout_mismatch", "000000000001"): (1000, 880, 120),
     }
     ghost = result.findings[result.findings["kind"] == "order_missing_in_mirakl"].iloc[0]
     assert ghost["woo_order_id"] == 7
@@ -132,8 +137,9 @@ def test_every_kind_of_discrepancy_is_found_with_its_amounts():
     assert {r["finding_kind"] for r in rows} == {k for k, _ in found}
     assert all(set(r) == {"finding_kind", "order_id", "line_id", "amount_mirakl", "amount_woo", "difference",
                           "currency", "detail"} for r in rows)
-    assert summary_value(result.summary, "payout_paid") == 10.0
-    assert summary_value(result.summary, "payout_expected") == 8.8
+    assert next(r for r in rows if r["finding_kind"] == "payout_mismatch")["difference"] == Decimal("1.20")
+    assert summary_value(result.summary, "payout_paid") == Decimal("10.00")
+    assert summary_value(result.summary, "payout_expected") == Decimal("8.80")
     assert summary_value(result.summary, "findings") == 7
 
 
@@ -141,10 +147,10 @@ def test_a_rounding_cent_is_within_tolerance_but_two_cents_are_not():
     lines = sale("A", 10.05, 0.0)  # 1.005 -> 1.01 by Mirakl's rounding
     ok = reconcile(inputs(lines, [woo_order(1, "A", 10.05)]), RULES, DAY)
     assert ok.findings.empty
-    lines[2]["amount"] = -1.03
+    lines[2]["amount"] = Decimal("-1.03")
     off = reconcile(inputs(lines, [woo_order(1, "A", 10.05)]), RULES, DAY)
     assert list(off.findings["kind"]) == ["commission_off_rate"]
-    assert off.findings["difference"].iloc[0] == pytest.approx(0.02)
+    assert off.findings["difference"].iloc[0] == 2
 
 
 def test_an_order_created_in_woocommerce_after_the_day_counts_as_missing_that_day():
@@ -208,3 +214,54 @@ def test_a_day_too_long_for_an_excel_sheet_fails_clearly_and_keeps_the_earlier_r
         finance_reports.write_reports(result, "sandbox", DAY.day, tmp_path)
     assert {p.name: p.read_bytes() for p in paths.directory.iterdir()} == before
     assert [p.name for p in paths.directory.parent.iterdir()] == [DAY.day.isoformat()]  # no half-written report
+
+
+def test_totals_are_exact_to_the_cent_where_float_sums_drift():
+    """9,000 small lines on top of a large one: summed as floats they end two cents off
+    (98,765,432,649.89); as integer cents they are exact."""
+    small = [tl("MANUAL_CREDIT", amount) for amount in ("0.10", "0.01", "0.07") for _ in range(3000)]
+    big = tl("RESERVE_SETTLEMENT", "98765432109.87")
+    result = reconcile(inputs(sale("A", 10.05, 0.0) + small + [big], [woo_order(1, "A", 10.05)]), RULES, DAY)
+    assert summary_value(result.summary, "other_fees") == Decimal("98765432649.87")
+    assert summary_value(result.summary, "net_amount") == Decimal("98765432649.87") + Decimal("10.05") - Decimal(
+        "1.01") - Decimal("0.20")
+    # 10% of 10.05 is 1.005: rounded half away from zero to the 1.01 Mirakl charged, exactly
+    assert list(result.lines["commission_expected"]) == [101]
+    assert result.findings.empty
+
+
+def test_an_unreadable_amount_is_a_finding_of_its_own_line_and_the_rest_of_the_day_is_exact():
+    bad = {"abc": tl("ORDER_AMOUNT", "abc", "A", "A-1"), "NaN": tl("MANUAL_CREDIT", "NaN"),
+           "empty": tl("MANUAL_CREDIT", ""), "sub-cent": tl("COMMISSION_FEE", "-0.005", "A", "A-1")}
+    bad["missing"] = {**tl("MANUAL_CREDIT", "1"), "amount": None}
+    lines = transactions_frame(sale("A", 100.0, 5.0) + list(bad.values()))
+    report = validate_transactions(lines)  # the suite checks the readable lines: the night goes on
+    assert report["success"] and report["rows"] == 9
+    result = reconcile(Inputs(**{**inputs([], [woo_order(1, "A", 100.0)]).__dict__, "day_lines": lines}), RULES, DAY)
+    invalid = result.findings[result.findings["kind"] == "transaction_amount_invalid"]
+    assert len(invalid) == len(result.findings) == 5
+    details = " | ".join(invalid["detail"])
+    for text in ("'abc' is not a number", "'NaN' is not a finite number", "'' is not a number",
+                 "'-0.005' has a fraction of a cent", "no amount"):
+        assert text in details
+    assert set(invalid["line_id"].dropna()) == {"A-1"}
+    assert summary_value(result.summary, "sales") == Decimal("105.00")  # neither rounded nor counted as 0
+    assert summary_value(result.summary, "commission_fee") == Decimal("-10.50")
+    assert summary_value(result.summary, "transaction_lines") == 9
+    assert summary_value(result.summary, "findings_transaction_amount_invalid") == 5
+    exceptions = invalid_amounts(lines)
+    assert {e["reason"] for e in exceptions.values()} == {
+        "'abc' is not a number", "'NaN' is not a finite number", "'' is not a number", "no amount",
+        "'-0.005' has a fraction of a cent (more than two decimals): it cannot be booked exactly"}
+    assert all(r["amount_mirakl"] is None for r in ledger_rows(invalid))
+
+
+def test_money_never_passes_through_float():
+    assert parse_cents(Decimal("1234567.89")) == 123456789 and parse_cents("0.10") == 10 and parse_cents("1.500") == 150
+    with pytest.raises(TypeError, match="float"):
+        parse_cents(0.1)
+    with pytest.raises(TypeError, match="float"):
+        Rules(commission_rate=0.1, commission_tolerance="0.01", grace_days=3)
+    for value in ("1e999", "Infinity", "0.001", True):
+        with pytest.raises(AmountError):
+            parse_cents(value)

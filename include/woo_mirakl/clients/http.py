@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+from decimal import Decimal
 import logging
 import random
 import re
@@ -259,7 +260,7 @@ class HttpClient:
         expect: str = "json",
         before_attempt: Callable[[], None] | None = None,
     ) -> Reply:
-        """Send one API call with retries; ``expect`` is ``json``, ``text`` or ``none``.
+        """Send one API call with retries; ``expect`` is ``json``, ``exact_json`` (decimals as Decimal), ``text`` or ``none``.
 
         ``idempotent`` defaults to True for GET/HEAD/OPTIONS; pass True for a write
         that is safe to repeat (e.g. an absolute stock update), False otherwise.
@@ -350,6 +351,8 @@ class HttpClient:
         if not response.content:
             return None
         try:
+            if expect == "exact_json":  # numbers with decimals as Decimal: money never passes through float
+                return json.loads(response.content.decode("utf-8"), parse_float=Decimal)
             return json.loads(response.content.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise MalformedResponseError(

@@ -299,6 +299,7 @@ class MiraklClient(HttpClient):
         id_of: Callable[[dict], str],
         sort_key: Callable[[dict], Any] | None = None,
         start: int = 0,
+        expect: str = "json",
     ) -> Iterator[dict]:
         """Offset pagination (from ``start``) that neither misses nor repeats items when the data moves.
 
@@ -316,7 +317,7 @@ class MiraklClient(HttpClient):
             body = self._call(
                 "GET", path, operation,
                 params={**params, "offset": offset, "max": self.page_size},
-                charge_budget=first or not pages_free,
+                charge_budget=first or not pages_free, expect=expect,
             ) or {}
             first = False
             items = [i for i in (body.get(items_key) or []) if isinstance(i, dict)]
@@ -349,6 +350,7 @@ class MiraklClient(HttpClient):
         id_of: Callable[[dict], str],
         limit: int,
         items_key: str = "data",
+        expect: str = "json",
     ) -> Iterator[dict]:
         """Seek pagination: follow ``next_page_token`` until there is none (ids de-duplicated)."""
         seen: set[str] = set()
@@ -356,7 +358,7 @@ class MiraklClient(HttpClient):
         while True:
             # the filters are repeated with the token: harmless where Mirakl ignores them, needed where not
             page_params = {**params, "limit": limit, "page_token": token}
-            body = self._call("GET", path, operation, params=page_params) or {}
+            body = self._call("GET", path, operation, params=page_params, expect=expect) or {}
             for item in body.get(items_key) or []:
                 if isinstance(item, dict) and id_of(item) not in seen:
                     seen.add(id_of(item))
@@ -623,8 +625,9 @@ class MiraklClient(HttpClient):
             "payment_state": _list_or_none(payment_state),
             "order_id": _list_or_none(order_id),
         }
+        # amounts as Decimal from the JSON text: the reconciliation sums them to the cent
         for raw in self._iter_seek("TL02", "/api/sellerpayment/transactions_logs", params,
-                                   id_of=lambda d: str(d.get("id")), limit=limit):
+                                   id_of=lambda d: str(d.get("id")), limit=limit, expect="exact_json"):
             yield Transaction.from_api(raw)
 
     def iter_accounting_documents(
@@ -647,6 +650,7 @@ class MiraklClient(HttpClient):
             id_of=lambda d: str(d.get("id") or d.get("invoice_id")),
             sort_key=lambda d: (parse_datetime(d.get("date_created")) or datetime.min.replace(tzinfo=timezone.utc),
                                 str(d.get("id") or d.get("invoice_id"))),
+            expect="exact_json",  # totals as Decimal: compared with the payout's lines to the cent
         ):
             yield AccountingDocument.from_api(raw)
 
@@ -705,8 +709,9 @@ class MiraklClient(HttpClient):
         return ExportStatus.from_api(
             self._call("GET", f"/api/offers/export/async/status/{_seg(tracking_id)}", "OF53") or {})
 
-    def iter_export_file(self, url: str, operation: str) -> Iterator[dict]:
-        """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave.
+    def iter_export_file(self, url: str, operation: str, *, exact: bool = False) -> Iterator[dict]:
+        """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave;
+        with ``exact``, numbers with decimals as Decimal (money that is summed never passes through float).
 
         The URL must be on this client's Mirakl host: the API key is sent with the download and
         must never go anywhere else.
@@ -720,10 +725,11 @@ class MiraklClient(HttpClient):
         stripped = text.lstrip("\ufeff").strip()
         if not stripped:
             return
+        parse_float = Decimal if exact else float
         try:
-            data = json.loads(stripped)
+            data = json.loads(stripped, parse_float=parse_float)
         except ValueError:  # NDJSON: one item a line, parsed as read (a chunk's items are never all held)
-            yield from _ndjson_items(stripped, self.service, operation)
+            yield from _ndjson_items(stripped, self.service, operation, parse_float)
             return
         if isinstance(data, dict) and "data" not in data:
             data = [data]  # NDJSON of a single item
@@ -744,7 +750,7 @@ class MiraklClient(HttpClient):
             yield MessageThread.from_api(raw)
 
 
-def _ndjson_items(text: str, service: str, operation: str) -> Iterator[dict]:
+def _ndjson_items(text: str, service: str, operation: str, parse_float: Callable[[str], Any] = float) -> Iterator[dict]:
     # by offsets, not io.StringIO (which copies the text at four bytes a character)
     start, number = 0, 0
     while start < len(text):
@@ -754,7 +760,7 @@ def _ndjson_items(text: str, service: str, operation: str) -> Iterator[dict]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = json.loads(line, parse_float=parse_float)
         except ValueError:
             raise MalformedResponseError(service, operation, 200,
                                          f"line {number} is not JSON ({len(text)} characters, not JSON nor NDJSON)"
