@@ -160,8 +160,11 @@ def floor_latencies(created: list[float], first_tick: float, each_page_counts: b
 
 # The flow -----------------------------------------------------------------------------------
 def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_counts: bool,
-             max_cycles: int = 600, workers: dict[str, int] | None = None) -> dict[str, Any]:
-    """Cycles on every minute boundary until every order is decided; ``arrivals``: (offset s, count)."""
+             max_cycles: int = 600, workers: dict[str, int] | None = None, changes: str = "listing") -> dict[str, Any]:
+    """Cycles on every minute boundary until every order is decided; ``arrivals``: (offset s, count).
+
+    ``changes``: the marketplace's ``order_listing.changes`` (``listing`` or ``export``)."""
+    import dataclasses
     from include.woo_mirakl.budgets import LedgerCallBudget, marketplace_limits
     from include.woo_mirakl.clients.http import RetryPolicy
     from include.woo_mirakl.clients.mirakl import MiraklClient
@@ -182,7 +185,10 @@ def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_co
     mirakl = MiraklClient(info["mirakl_url"], info["api_key"], shop_id=info["shop_id"], budget=budget,
                           limits=limits, retry=retry)
     woo = WooCommerceClient(info["woo_url"], info["ck"], info["cs"], retry=retry)
-    flow = OrderIngest(get_marketplace("sandbox"), ledger, mirakl=mirakl, woo=woo, clock=sandbox_now,
+    marketplace = get_marketplace("sandbox")
+    marketplace = dataclasses.replace(
+        marketplace, order_listing=dataclasses.replace(marketplace.order_listing, changes=changes))
+    flow = OrderIngest(marketplace, ledger, mirakl=mirakl, woo=woo, clock=sandbox_now,
                        initial_lookback=timedelta(hours=1), **(workers or {}))
     start = sb("now")
     start = start - start % MINUTE + MINUTE  # the first minute boundary
@@ -193,6 +199,7 @@ def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_co
     cycle_walls: list[float] = []
     last_end = start + min(0.0, pending[0][0] if pending else 0.0)  # orders before the first tick
     runs = 0
+    fetched: Counter[str] = Counter()
     while True:
         tick = start + MINUTE * runs
         now = sb("now")
@@ -204,7 +211,7 @@ def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_co
             order_ids += sb("place", due, last_end)
         first_tick = first_tick or tick
         began = time.perf_counter()
-        flow.fetch_changes()
+        fetched.update(flow.fetch_changes())
         flow.decide_and_reserve()
         flow.send_decisions()
         cycle_walls.append(time.perf_counter() - began)
@@ -224,7 +231,7 @@ def run_flow(sb: SandboxProcess, arrivals: list[tuple[float, int]], each_page_co
         "runs": runs, "cycle_walls": cycle_walls, "latency": latency, "created": sorted(created.values()),
         "first_tick": first_tick, "calls": {k: v - calls_before.get(k, 0) for k, v in sb("calls").items()
                                             if v != calls_before.get(k, 0)},
-        "decided": len(latency), "orders": len(order_ids),
+        "decided": len(latency), "orders": len(order_ids), "fetched": dict(fetched), "changes": changes,
         "breaches": ceiling_breaches(log, limits, or11_variant),
     }
 
@@ -241,6 +248,11 @@ def report(name: str, r: dict[str, Any], floor: list[float]) -> float:
     p95 = percentile(lat, 0.95)
     figure("acceptance latency p95", p95, "s", percentile(floor, 0.95))
     figure("acceptance latency max", max(lat) if lat else float("nan"), "s", max(floor) if floor else None)
+    f = r["fetched"]
+    print(f"  what each path brought: OR11 listing {f.get('read', 0)} orders ({f.get('new', 0)} new, "
+          f"{f.get('changed', 0)} changed, {f.get('unchanged', 0)} unchanged); order export (OR13-15) "
+          f"{f.get('export_read', 0)} orders ({f.get('export_new', 0)} new, {f.get('export_changed', 0)} changed, "
+          f"{f.get('export_unchanged', 0)} unchanged) in {f.get('export_requested', 0)} exports")
     print(f"  Mirakl ceilings broken (sandbox call log): {r['breaches'] or 'none'}")
     return p95
 
@@ -287,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive", type=int, default=20, help="orders of the naive per-order baseline")
     parser.add_argument("--latency-scale", type=float, default=1.0, help="1 = the real store's pace")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--changes", default="both", choices=("both", "listing", "export"),
+                        help="order_listing.changes of the sustained run (both: one run each)")
     parser.add_argument("--or21-workers", type=int, default=None, help="OR21 calls at once (default: the flow's)")
     parser.add_argument("--woo-workers", type=int, default=None,
                         help="WooCommerce creates at once (default: the flow's)")
@@ -339,16 +353,18 @@ def main(argv: list[str] | None = None) -> None:
                   f"p95 {percentile(floor, 0.95):,.0f} s")
 
     if args.scenario in ("all", "sustained"):
-        sb = sandbox()
-        try:
-            arrivals = [(MINUTE * m, args.rate) for m in range(args.minutes)]
-            r = run_flow(sb, arrivals, each_page_counts=True, workers=workers)
-        finally:
-            sb.stop()
-        floor = floor_latencies(r["created"], r["first_tick"], True, scale, sb.info["woo_concurrency"])
-        p95 = report(f"sustained {args.rate} orders a minute for {args.minutes} min, each page counts", r, floor)
-        targets.append(Target(f"sustained {args.rate}/min p95 (each page counts)", p95, "s", 90,
-                              percentile(floor, 0.95)))
+        for changes in (("listing", "export") if args.changes == "both" else (args.changes,)):
+            sb = sandbox()
+            try:
+                arrivals = [(MINUTE * m, args.rate) for m in range(args.minutes)]
+                r = run_flow(sb, arrivals, each_page_counts=True, workers=workers, changes=changes)
+            finally:
+                sb.stop()
+            floor = floor_latencies(r["created"], r["first_tick"], True, scale, sb.info["woo_concurrency"])
+            p95 = report(f"sustained {args.rate} orders a minute for {args.minutes} min, each page counts, "
+                         f"changes from the {changes}", r, floor)
+            targets.append(Target(f"sustained {args.rate}/min p95 (each page counts, changes: {changes})", p95, "s",
+                                  90, percentile(floor, 0.95)))
     figure("peak RSS of the flow's process", peak_rss_mb(), "MB")
     print_targets(targets)
 

@@ -21,7 +21,8 @@ DEFAULT_SEEK_LIMIT = 10
 ORDER_ACTIONS = ("debit", "receive", "close")
 TL05_PATH = "/api/sellerpayment/transactions_logs/export/async/file"
 OF54_PATH = "/api/offers/export/async/file"
-DOWNLOADS = ("TL05", "OF54")  # files at the URL a status call gives: the spec routes them nowhere
+OR15_PATH = "/api/orders/async-export/file"
+DOWNLOADS = ("TL05", "OF54", "OR15")  # files at the URL a status call gives: the spec routes them nowhere
 
 
 class MiraklService(Service):
@@ -37,6 +38,9 @@ class MiraklService(Service):
             ("GET", "/api/account", "A01", self._a01),
             ("GET", "/api/orders", "OR11", self._or11),
             ("PUT", "/api/orders/refund", "OR28", self._or28),
+            ("POST", "/api/orders/async-export", "OR13", self._or13),
+            ("GET", "/api/orders/async-export/status/{tracking_id}", "OR14", self._or14),
+            ("GET", OR15_PATH + "/{tracking_id}", "OR15", self._or15),
             ("GET", "/api/orders/{order_id}", "OR12", self._or12),
             ("PUT", "/api/orders/{order_id}/accept", "OR21", self._or21),
             ("PUT", "/api/orders/{order_id}/tracking", "OR23", self._or23),
@@ -326,6 +330,20 @@ class MiraklService(Service):
             found.reverse()
         page, total = self._offset_page(request, found)
         return Response(200, {"orders": [self.store.order_json(o) for o in page], "total_count": total})
+
+    def _or13(self, request: Request) -> Response:
+        record = self.store.export_orders_async(self._now(), self._body(request))
+        return Response(200, {"tracking_id": record["tracking_id"]})
+
+    def _or14(self, request: Request) -> Response:
+        record = self.store.export_record("orders", request.path_params["tracking_id"])
+        url = self._file_url(request, f"{OR15_PATH}/{record['tracking_id']}")
+        return Response(200, self.store.export_status_json(self._now(), record, url))
+
+    def _or15(self, request: Request) -> Response:
+        record = self.store.export_record("orders", request.path_params["tracking_id"])
+        content, content_type = self.store.export_chunk(self._now(), record, request.arg("file"))
+        return Response(200, content, content_type=content_type)
 
     def _or12(self, request: Request) -> Response:
         order = self.store.get_order(request.path_params["order_id"])

@@ -61,13 +61,21 @@ class OrderListing:
     ``persona``: ``default`` (once a minute) or ``external_partner`` (every 15 minutes), as the
     spec publishes them. ``each_page_counts``: the spec does not say whether every page of one
     listing counts as a call; the safe reading (it does) is the default.
+
+    ``changes``: where the state changes of known orders come from. ``listing`` (default): one
+    OR11 listing of every order updated since the last one. ``export``: OR11 lists only orders
+    awaiting acceptance (so each page read carries new orders), and every other change comes
+    from the asynchronous order export (OR13 differential every 5 minutes, OR14, OR15), which
+    also absorbs a backlog of any size; a change then reaches the flow up to ~6 minutes later.
     """
 
     persona: str = "default"
     each_page_counts: bool = True
+    changes: str = "listing"
 
 
 ORDER_LISTING_PERSONAS = ("default", "external_partner")
+ORDER_CHANGE_SOURCES = ("listing", "export")
 
 
 REVIEW_TIMEOUT_DEFAULTS = ("refuse", "accept", "leave")
@@ -278,7 +286,12 @@ def _order_listing(entry: Any, name: str, path: Path) -> OrderListing:
     if persona not in ORDER_LISTING_PERSONAS:
         raise ConfigError(f"{path}: marketplace {name!r} order_listing.persona {persona!r} must be one of "
                           f"{list(ORDER_LISTING_PERSONAS)}")
-    return OrderListing(persona=persona, each_page_counts=bool(entry.get("each_page_counts", True)))
+    changes = str(entry.get("changes", "listing"))
+    if changes not in ORDER_CHANGE_SOURCES:
+        raise ConfigError(f"{path}: marketplace {name!r} order_listing.changes {changes!r} must be one of "
+                          f"{list(ORDER_CHANGE_SOURCES)}")
+    return OrderListing(persona=persona, each_page_counts=bool(entry.get("each_page_counts", True)),
+                        changes=changes)
 
 
 def _strings(value: Any, what: str, path: Path) -> tuple[str, ...]:

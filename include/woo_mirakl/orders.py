@@ -83,7 +83,14 @@ WOO_WORKERS = 4
 # the listing waits this long for OR11's once-a-minute slot rather than skip a whole minute.
 OR11_SLOT_WAIT = 10.0
 
+# The order export (changes = "export"): a differential OR13 at most every 5 minutes, a window
+# starting this much before the previous one ended (Mirakl's clock and ours may differ).
+EXPORT_EVERY = timedelta(minutes=5)
+EXPORT_SKEW = timedelta(minutes=2)
+EXPORT_STALE = timedelta(hours=1)  # an export still pending this long is given up and asked again
+
 EXC_INVALID = "order_invalid"
+EXC_EXPORT = "order_export_failed"
 EXC_DEADLINE = "acceptance_deadline"
 EXC_RESERVE = "order_reservation_failed"
 EXC_ACCEPT = "order_acceptance_failed"
@@ -172,6 +179,8 @@ class OrderIngest:
         listing and the cursor go on. Dates later than our clock (plus a tolerance) move neither
         the cursor nor "Mirakl's clock".
         """
+        if self.marketplace.order_listing.changes == "export":
+            return self._fetch_waiting_and_export()
         result = StepResult()
         started = self.clock()
         cursor = self.ledger.get_cursor(FLOW, self.mp, "or11", default=None) or {}
@@ -217,6 +226,94 @@ class OrderIngest:
         if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
             record_listing(self.ledger, self.mp, started)
         return result.as_dict()
+
+    def _fetch_waiting_and_export(self) -> dict[str, int]:
+        """OR11 for orders awaiting acceptance only, then one step of the order export.
+
+        Every order read here is decided and answered (OR21) in this cycle, so it leaves
+        ``WAITING_ACCEPTANCE`` and the next listing, which starts at the newest creation date read
+        (less an overlap), carries new orders. A listing that found nothing new (a full page of
+        orders still waiting on a person) resumes on (creation date, position) instead, so it
+        moves on. The export brings every other change, and any order the listing missed.
+        """
+        result = StepResult()
+        started = self.clock()
+        cursor = self.ledger.get_cursor(FLOW, self.mp, "or11_waiting", default=None) or {}
+        since = parse_datetime(cursor.get("since")) or (self.clock() - self.initial_lookback)
+        skip = int(cursor.get("skip") or 0)
+        orders: list[Order] = []
+        complete = True
+        try:
+            for order in self.mirakl.iter_orders(states=[WAITING], start_date=since, offset=skip):
+                orders.append(order)
+        except BudgetExceeded as exceeded:
+            complete = False
+            log.info("%s: OR11 budget used up after %d waiting orders (%s)", self.mp, len(orders), exceeded)
+            if not orders:
+                result.add("skipped")
+        if orders:
+            self._record_all(orders, result)
+            result.add("read", len(orders))
+            newest = max((o.created_date for o in orders if o.created_date), default=None)
+            if newest is None:
+                state = {"since": _iso(since), "skip": skip + len(orders)}
+            elif complete or result.counts.get("new"):
+                state = {"since": _iso(max(since, newest - self.overlap)), "skip": 0}
+            else:
+                same = sum(1 for o in orders if o.created_date == newest)
+                state = {"since": _iso(newest), "skip": same + (skip if newest == since else 0)}
+                result.add("partial")
+            self.ledger.set_cursor(FLOW, self.mp, "or11_waiting", state)
+        if complete:  # the inventory push trusts the ledger's demand only after a fresh complete listing
+            record_listing(self.ledger, self.mp, started)
+        self._export_step(result)
+        return result.as_dict()
+
+    def _export_step(self, result: StepResult) -> None:
+        """Collect the pending order export if it is ready, then ask for the next one when due.
+
+        Never waits: an export asked in one cycle is read in a later one. Its orders only ever
+        move a record forward (an export is a snapshot, older than what OR11 may have just said).
+        """
+        state = self.ledger.get_cursor(FLOW, self.mp, "or13", default=None) or {}
+        now = self._mirakl_now()
+        try:
+            if state.get("tracking_id"):
+                state = self._collect_export(state, now, result)
+            since = parse_datetime(state.get("since")) or (self.clock() - self.initial_lookback)
+            if not state.get("tracking_id") and now - since >= EXPORT_EVERY:
+                tracking_id = self.mirakl.request_order_export(start_update_date=since - EXPORT_SKEW,
+                                                               end_update_date=now)
+                state = {"since": _iso(since), "until": _iso(now), "tracking_id": tracking_id,
+                         "requested_at": _iso(now)}
+                result.add("export_requested")
+        except BudgetExceeded as exceeded:
+            log.info("%s: order export waits for its call budget (%s)", self.mp, exceeded)
+        except (ApiError, ClientError) as error:
+            log.warning("%s: order export: %s", self.mp, error)
+            self.ledger.raise_exception(EXC_EXPORT, self.mp, {
+                "error": str(error), "since": state.get("since"),
+                "effect": "state changes of known orders wait for the next export; nothing is lost"}, self.mp)
+            result.add("export_failed")
+        self.ledger.set_cursor(FLOW, self.mp, "or13", state)
+
+    def _collect_export(self, state: dict, now: datetime, result: StepResult) -> dict:
+        status = self.mirakl.order_export_status(state["tracking_id"])
+        if status.failed or (not status.completed and now - parse_datetime(state["requested_at"]) > EXPORT_STALE):
+            log.warning("%s: order export %s %s; asking again", self.mp, state["tracking_id"], status.status)
+            result.add("export_failed")
+            return {"since": state["since"]}  # the same window again
+        if not status.completed:
+            result.add("export_pending")
+            return state
+        orders = [order for url in status.urls for order in self.mirakl.iter_order_export(url)]
+        exported = StepResult()
+        self._record_all(orders, exported)
+        for key, count in exported.counts.items():
+            result.add(f"export_{key}", count)
+        result.add("export_read", len(orders))
+        self.ledger.resolve_exceptions(EXC_EXPORT, [self.mp], self.mp)
+        return {"since": state["until"]}
 
     def _mirakl_now(self) -> datetime:
         """Mirakl's clock as its last answer showed it (HTTP Date), never behind ours."""
@@ -290,10 +387,11 @@ class OrderIngest:
 
     def _prepare(self, order: Order, existing: OrderRecord | None) -> tuple[dict[str, Any], list[dict], list[str], bool] | None:
         """What to store of one OR11 order (fields, lines, problems, whether it had problems); None if unchanged."""
-        if (
-            existing is not None
-            and existing.mirakl_state == order.order_state
-            and existing.last_mirakl_update == order.last_updated_date
+        if existing is not None and (
+            (existing.mirakl_state == order.order_state and existing.last_mirakl_update == order.last_updated_date)
+            # an answer older than what is stored (an export's snapshot) never moves an order back
+            or (existing.last_mirakl_update and order.last_updated_date
+                and order.last_updated_date < existing.last_mirakl_update)
         ):
             return None
         detail = dict(existing.detail or {}) if existing else {}

@@ -45,8 +45,10 @@ def world():
                            json={"date_created_from": "2020-01-01T00:00:00Z"}).json()["tracking_id"]
     offers = requests.post(f"{url}/api/offers/export/async", headers=HEADERS, timeout=5,
                            json={"export_type": "application/json"}).json()["tracking_id"]
+    order_export = requests.post(f"{url}/api/orders/async-export", headers=HEADERS, timeout=5, json={
+        "start_update_date": "2020-01-01T00:00:00Z", "end_update_date": "2099-01-01T00:00:00Z"}).json()["tracking_id"]
     yield {"box": box, "url": url, "waiting": waiting["order_id"], "shipped": sid, "stock": stock, "price": price,
-           "export": export, "offer_export": offers}
+           "export": export, "offer_export": offers, "order_export": order_export}
     box.stop()
 
 
@@ -79,6 +81,7 @@ def _calls(world: dict) -> list[tuple[str, str, str, dict, dict | None]]:
         ("OF52", "POST", "/api/offers/export/async", {},
          {"export_type": "application/json", "items_per_chunk": 10000, "last_request_date": "2020-01-01T00:00:00Z"}),
         ("OF53", "GET", f"/api/offers/export/async/status/{world['offer_export']}", {}, None),
+        ("OR14", "GET", f"/api/orders/async-export/status/{world['order_export']}", {}, None),
         ("IV01", "GET", "/api/invoices", {}, None),
         ("M11", "GET", "/api/inbox/threads", {"entity_type": "MMP_ORDER", "entity_id": waiting,
                                               "with_messages": "true"}, None),
@@ -89,7 +92,8 @@ def test_every_served_operation_answers_as_the_spec_says(world):
     served = {route.operation for route in world["box"].mirakl.routes}
     covered = {call[0] for call in _calls(world)} | {"STO01", "PRI01", "OR23", "OR24", "OR29"} \
         | {"OF02", "OF03", "P41", "P42", "P44", "P45"} \
-        | {"TL05", "OF54"}  # answers checked in test_sandbox_mirakl_products.py, test_payout_export_path.py
+        | {"OR13"} | {"TL05", "OF54", "OR15"}  # answers checked below, in test_sandbox_mirakl_products.py,
+    # test_payout_export_path.py
     # and test_offer_export.py
     assert served <= covered, f"operations without a contract check: {served - covered}"
     failures = {}
@@ -200,3 +204,34 @@ def test_relaxation_is_small_and_explicit():
     assert ("OR11_Response_200_Orders_OrderLines", "description") in nullable
     assert ("OR11_Response_200_Orders", "order_id") not in nullable
     assert sum(len(v) for v in spec.OMITTABLE_REQUIRED.values()) <= 8
+
+
+def test_the_order_export_answers_as_the_spec_says(world):
+    """OR13's rules as the spec states them, OR14 until COMPLETED, OR15's orders item by item."""
+    url, box = world["url"], world["box"]
+    window = {"start_update_date": "2020-01-01T00:00:00Z", "end_update_date": "2099-01-01T00:00:00Z"}
+    busy = requests.post(f"{url}/api/orders/async-export", headers=HEADERS, timeout=5, json=window)
+    assert busy.status_code == 400 and "already in progress" in busy.json()["message"]  # one at a time per shop
+    box.clock.advance(box.mirakl.store.settings.export_delay_s + 1)
+    for body, error in (({"start_update_date": "2020-01-01T00:00:00Z"}, "must be used with end_update_date"),
+                        ({"order_state_codes": ["SHIPPING"]}, "At least one date range"),
+                        ({**window, "items_per_chunk": 10}, "items_per_chunk")):
+        refused = requests.post(f"{url}/api/orders/async-export", headers=HEADERS, timeout=5, json=body)
+        assert refused.status_code == 400 and error in refused.json()["message"], refused.text
+    created = requests.post(f"{url}/api/orders/async-export", headers=HEADERS, timeout=5,
+                            json={**window, "order_state_codes": ["SHIPPED"]})
+    assert spec.validate_response("POST", "/api/orders/async-export", 200, created.content) == []
+    status_path = f"/api/orders/async-export/status/{created.json()['tracking_id']}"
+    pending = requests.get(url + status_path, headers=HEADERS, timeout=5)
+    assert pending.json()["status"] == "PENDING"
+    box.clock.advance(box.mirakl.store.settings.export_delay_s + 1)
+    done = requests.get(url + status_path, headers=HEADERS, timeout=5)
+    assert spec.validate_response("GET", status_path, 200, done.content) == []
+    assert done.json()["status"] == "COMPLETED"
+    chunk = requests.get(done.json()["urls"][0], headers=HEADERS, timeout=5)
+    assert spec.validate_download("OR15", {}, HEADERS) == []
+    orders = chunk.json()["orders"]
+    assert [o["order_id"] for o in orders] == [world["shipped"]]  # the SHIPPED filter: not the waiting one
+    assert spec.validate_file_items("OR15_Response_200_Ext_FileStructure_Orders", orders) == []
+    assert spec.validate_file_items("OR15_Response_200_Ext_FileStructure_Orders",
+                                    [dict(orders[0], total_price="12.5")]) != []

@@ -709,6 +709,28 @@ class MiraklClient(HttpClient):
         return ExportStatus.from_api(
             self._call("GET", f"/api/offers/export/async/status/{_seg(tracking_id)}", "OF53") or {})
 
+    def request_order_export(self, *, start_update_date: datetime, end_update_date: datetime,
+                             states: Iterable[str] | None = None, items_per_chunk: int = 100_000) -> str:
+        """OR13 differential (every 5 minutes at most): the orders updated in the window, whatever
+        their number, as JSON chunks (OR15); returns the tracking id for OR14."""
+        body: dict[str, Any] = {"start_update_date": _iso(start_update_date),
+                                "end_update_date": _iso(end_update_date), "items_per_chunk": items_per_chunk}
+        if states:
+            body["order_state_codes"] = list(states)
+        answer = self._call("POST", "/api/orders/async-export", "OR13", json_body=body, idempotent=False,
+                            variant="differential") or {}
+        return self._tracking_id(answer, "OR13")
+
+    def order_export_status(self, tracking_id: str) -> ExportStatus:
+        """OR14 (every 2 s at most): PENDING, then COMPLETED with the URL of every chunk (OR15)."""
+        return ExportStatus.from_api(
+            self._call("GET", f"/api/orders/async-export/status/{_seg(tracking_id)}", "OR14") or {})
+
+    def iter_order_export(self, url: str) -> Iterator[Order]:
+        """OR15: the orders of one chunk of a completed order export."""
+        for raw in self.iter_export_file(url, "OR15"):
+            yield Order.from_api(raw)
+
     def iter_export_file(self, url: str, operation: str, *, exact: bool = False) -> Iterator[dict]:
         """TL05 / OF54: the items of one chunk of a completed export, from the URL its status gave;
         with ``exact``, numbers with decimals as Decimal (money that is summed never passes through float).
@@ -731,6 +753,8 @@ class MiraklClient(HttpClient):
         except ValueError:  # NDJSON: one item a line, parsed as read (a chunk's items are never all held)
             yield from _ndjson_items(stripped, self.service, operation, parse_float)
             return
+        if isinstance(data, dict) and isinstance(data.get("orders"), list):
+            data = {"data": data["orders"]}  # OR15's file: {"orders": [...]}
         if isinstance(data, dict) and "data" not in data:
             data = [data]  # NDJSON of a single item
         items = data.get("data") if isinstance(data, dict) else data
