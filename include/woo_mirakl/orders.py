@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -79,6 +80,9 @@ RECOVERY_MARGIN = timedelta(minutes=15)
 # orders within 15 s at the recorded 0.32 s a create, see bench/orders.py).
 OR21_WORKERS = 8
 WOO_WORKERS = 4
+# Reservations go out as POST /orders/batch, up to this many orders a request (the store creates a
+# batch's orders one after the other, so the batches still go out WOO_WORKERS at once).
+WOO_BATCH = 25
 # A run scheduled on the minute starts a little earlier or later in it than the previous one did:
 # the listing waits this long for OR11's once-a-minute slot rather than skip a whole minute.
 OR11_SLOT_WAIT = 10.0
@@ -150,6 +154,7 @@ class OrderIngest:
         initial_lookback: timedelta = INITIAL_LOOKBACK,
         or21_workers: int = OR21_WORKERS,
         woo_workers: int = WOO_WORKERS,
+        woo_batch: int = WOO_BATCH,
     ):
         self.marketplace = marketplace
         self.mp = marketplace.name
@@ -161,6 +166,8 @@ class OrderIngest:
         self.initial_lookback = initial_lookback
         self.or21_workers = or21_workers
         self.woo_workers = woo_workers
+        self.woo_batch = woo_batch
+        self._batched: dict[str, dict | Exception] = {}  # what a batch said of each order, by Mirakl order id
         self.writer = Writer(ledger, marketplace.name)
         self._created: dict[str, dict] = {}  # WooCommerce's answers to this run's creates, by Mirakl order id
 
@@ -594,7 +601,10 @@ class OrderIngest:
                     **({"vanished_lines": gone} if gone else {})}
 
         def send() -> dict:
-            woo_order = self.woo.create_order(body)
+            batched = self._batched.pop(record.mirakl_order_id, None)
+            if isinstance(batched, Exception):
+                raise batched
+            woo_order = batched if batched is not None else self.woo.create_order(body)
             self._created[record.mirakl_order_id] = woo_order
             return woo_order
 
@@ -607,10 +617,11 @@ class OrderIngest:
         """The reservations of ``records``: every intent in one transaction, the creates a few at a
         time, every outcome in one transaction, then the orders' WooCommerce ids in one more."""
         writes = []
+        bodies: dict[str, dict] = {}
         for record in records:
             order = _order(record)
             accepted = {line.mirakl_order_line_id for line in record.lines if line.decision == ACCEPTED}
-            body = reservation_order(self.marketplace, order, accepted)
+            body = bodies[record.mirakl_order_id] = reservation_order(self.marketplace, order, accepted)
             attempt = (record.detail or {}).get("reservation_attempt")
             # an earlier reservation lost a product and was undone: a new one
             writes.append(self._reservation(record, body, f"#{attempt}" if attempt else ""))
@@ -640,6 +651,7 @@ class OrderIngest:
                     "found_after_crash": True})
                 held.append((record, done.outcome or {}))
                 result.add("recovered")
+        self._send_batches([(record, bodies[record.mirakl_order_id]) for record, _, _ in pending])
         sent = self.writer.send_all([(write, action) for _, write, action in pending], self.woo_workers)
         created: list[tuple[OrderRecord, dict]] = []
         for (record, _, _), outcome in zip(pending, sent):
@@ -650,6 +662,30 @@ class OrderIngest:
         self._remember_woo_orders(held)
         self._check_all_totals(created)
         self.ledger.resolve_exceptions(EXC_RESERVE, [record.mirakl_order_id for record, _ in created], self.mp)
+
+    def _send_batches(self, pending: list[tuple[OrderRecord, dict]]) -> None:
+        """Create the pending reservations through ``POST /orders/batch``, a few batches at once.
+
+        Their intents are already in the ledger; what each batch says of each order is kept for
+        the order's own write to record, exactly as if it had been created alone (a batch whose
+        answer is lost leaves each of its orders uncertain, found again by ``_mirakl_order_id``).
+        """
+        if self.woo_batch <= 1 or len(pending) <= 1:
+            return
+        size = min(self.woo_batch, -(-len(pending) // max(1, self.woo_workers)))
+        groups = [pending[i:i + size] for i in range(0, len(pending), size)]
+
+        def send(group: list[tuple[OrderRecord, dict]]) -> None:
+            try:
+                answers: list[Any] = self.woo.create_orders([body for _, body in group])
+            except Exception as error:  # noqa: BLE001 - each order's write records it as its own
+                answers = [error] * len(group)
+            for (record, _), answer in zip(group, answers):
+                self._batched[record.mirakl_order_id] = answer
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.woo_workers, len(groups))),
+                                thread_name_prefix="woo-batch") as pool:
+            list(pool.map(send, groups))
 
     def _find_created(self, lost: list[OrderRecord]) -> dict[str, dict]:
         """WooCommerce orders carrying our ``_mirakl_order_id``, modified since the earliest intent."""

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, RetryPolicy
+from include.woo_mirakl.clients.http import ApiError, ClientError, HttpClient, RetryPolicy, UncertainWriteError
 from include.woo_mirakl.writes import concerns_every_record
 
 API_PREFIX = "/wp-json/wc/v3"
@@ -344,6 +344,31 @@ class WooCommerceClient(HttpClient):
     def create_order(self, order: Mapping[str, Any]) -> dict:
         """``POST /orders``: no idempotency key, so never retried after it may have arrived."""
         return self._api("POST", "/orders", "woo.orders.create", json_body=dict(order), idempotent=False)
+
+    def create_orders(self, orders: list[Mapping[str, Any]]) -> list[dict | ApiError]:
+        """``POST /orders/batch`` creating up to 100 orders in one request: for each, in order, the
+        created order or the :class:`ApiError` that refused it alone. Never retried after it may
+        have arrived (a dropped answer leaves every order of the batch uncertain)."""
+        if not 0 < len(orders) <= BATCH_LIMIT:
+            raise ValueError(f"woo.orders.batch creates 1 to {BATCH_LIMIT} orders, not {len(orders)}")
+        answer = self._api("POST", "/orders/batch", "woo.orders.batch",
+                           json_body={"create": [dict(o) for o in orders]}, idempotent=False)
+        items = answer.get("create") if isinstance(answer, dict) else None
+        if not isinstance(items, list) or len(items) != len(orders):
+            raise UncertainWriteError(self.service, "woo.orders.batch",
+                                      f"the answer lists {len(items) if isinstance(items, list) else 'no'} created "
+                                      f"orders for {len(orders)} sent", 200)
+        out: list[dict | ApiError] = []
+        for item in items:
+            error = item.get("error") if isinstance(item, dict) else {"message": f"not an order: {item!r}"}
+            if error:
+                data = error.get("data")
+                status = data.get("status") if isinstance(data, dict) else data
+                out.append(ApiError(self.service, "woo.orders.batch", int(status) if str(status).isdigit() else 400,
+                                    error.get("code"), str(error.get("message"))))
+            else:
+                out.append(item)
+        return out
 
     def update_order(self, order_id: int, changes: Mapping[str, Any]) -> dict:
         """``PUT /orders/<id>`` with absolute values (safe to repeat)."""
