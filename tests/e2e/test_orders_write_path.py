@@ -56,3 +56,43 @@ def test_a_cycle_costs_the_ledger_the_same_transactions_for_one_order_or_twelve(
         assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
         assert ledger.get_action(f"sandbox:mirakl.OR21:{order_id}").state == "done"
     assert one > 0 and twelve == one, f"{twelve} ledger transactions for 12 orders, {one} for one"
+
+
+def _woo_calls(sandbox, operation: str) -> int:
+    return len(sandbox.log.entries("woo", operation))
+
+
+def test_reservations_go_out_in_batches_of_orders(sandbox, ledger, catalogue):
+    creates, batches = _woo_calls(sandbox, "woo.orders.create"), _woo_calls(sandbox, "woo.orders.batch")
+    placed = [place(sandbox, [(SKUS[i % 3], 1)], i) for i in range(9)]
+    assert run(sandbox, ledger).state == "success"
+    assert _woo_calls(sandbox, "woo.orders.create") == creates  # not one request per order
+    assert 1 <= _woo_calls(sandbox, "woo.orders.batch") - batches <= 4
+    for order_id in placed:
+        assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
+        assert ledger.get_action(f"sandbox:woo.orders.create:{order_id}").state == "done"
+
+
+def test_a_batch_that_lands_and_loses_its_answer_creates_each_order_once(sandbox, ledger, catalogue):
+    """The store created every order of the batch, the answer never came: each order is uncertain,
+    not accepted, and found again by ``_mirakl_order_id`` next run, never created twice."""
+    from tests.e2e.conftest import land_then_drop
+
+    placed = [place(sandbox, [(SKUS[i % 3], 1)], i) for i in range(6)]
+    land_then_drop(sandbox, "woo", "woo.orders.batch", count=4)
+    try:
+        assert run(sandbox, ledger).state == "success"
+    finally:
+        sandbox.faults.clear()
+    assert sandbox.log.entries("woo", "woo.orders.batch")[-1]["fault"] == "apply_then_drop"
+    for order_id in placed:
+        assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
+        assert ledger.get_action(f"sandbox:woo.orders.create:{order_id}").state == "uncertain"
+        assert mirakl_state(sandbox, order_id) == "WAITING_ACCEPTANCE"  # never accepted while unrecorded
+
+    assert run(sandbox, ledger).state == "success"
+    for order_id in placed:
+        assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
+        assert mirakl_state(sandbox, order_id) == "WAITING_DEBIT_PAYMENT"
+        action = ledger.get_action(f"sandbox:woo.orders.create:{order_id}")
+        assert action.state == "done" and action.outcome["found_after_crash"] is True
