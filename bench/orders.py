@@ -1,7 +1,7 @@
 """Benchmark of order ingest and acceptance: one cycle, a burst, a sustained arrival. Prints figures; not a test.
 
     PYTHONPATH=. .venv/bin/python bench/orders.py [--scenario all|cycle|burst|sustained]
-        [--orders 2000] [--rate 95] [--minutes 30] [--latency-scale 1.0]
+        [--orders 2000] [--rate 95] [--minutes 30] [--latency-scale 1.0] [--changes both|listing|export]
 
 The sandbox runs in a child process with the real store's latency profile (see
 ``include/sandbox/latency.py``: WooCommerce from the recorded timings, Mirakl assumed) and a
@@ -18,10 +18,16 @@ on each minute boundary; OR11 gives 100 orders a page and, when each page counts
 order in one listing. Each order then needs one WooCommerce reservation (the store works on
 ``woo_concurrency`` requests at once, 0.316 s each) and one OR21 (0.15 s, concurrent).
 
-The flow sends its creates ``--woo-workers`` and its OR21s ``--or21-workers`` at a time (the
-flow's defaults, ``WOO_WORKERS`` and ``OR21_WORKERS`` in ``include/woo_mirakl/orders.py``): as
-many creates as the store works on at once; OR21s 8 at a time rather than all at once, so a cycle
-of 100 lies above the floor by about 12 × 0.15 s, plus the SKU look-ups and the ledger.
+The flow sends its reservations as ``POST /orders/batch`` (up to ``WOO_BATCH`` orders a request,
+``--woo-workers`` requests at once) and its OR21s ``--or21-workers`` at a time (the flow's
+defaults, ``WOO_WORKERS`` and ``OR21_WORKERS`` in ``include/woo_mirakl/orders.py``). The profile
+prices a batch at what its orders would cost created one by one (the store creates them one after
+the other), so batches save requests, not store time: 100 orders cost 4 requests, not 100. OR21s
+go 8 at a time rather than all at once, so a cycle of 100 lies above the floor by about
+12 × 0.15 s, plus the SKU look-ups and the ledger.
+
+``--changes listing|export`` picks the marketplace's ``order_listing.changes`` for the sustained
+run; the bench prints what each path (OR11, the OR13/OR15 order export) brought.
 """
 from __future__ import annotations
 

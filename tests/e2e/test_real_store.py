@@ -129,6 +129,31 @@ def test_totals_equal_mirakls_after_create_completion_and_a_taxed_refund(shop, s
     assert (sent["amount"], sent["quantity"]) == (12.5, 1) and fair["amount"] == "12.50"
 
 
+def test_a_woocommerce_total_that_drifts_from_mirakls_is_an_exception_on_the_order(shop, sandbox, ledger):
+    """A fee added in WooCommerce after the reservation (a plugin, a person): the completion's
+    check finds WooCommerce's total above what Mirakl charged and says so on that order."""
+    sandbox.woo.settings.update({"calc_taxes": False, "prices_include_tax": False, "tax_rates": []})
+    order_id = place(sandbox, [("RW-MUG", 1)], index=1)
+    run(sandbox, ledger, ORDERS)
+    reserved = woo_order(sandbox, ledger, order_id)
+    assert ledger.get_exception("order_totals_mismatch", order_id, "sandbox") is None
+    session = requests.Session()
+    session.auth = (sandbox.woo.consumer_key, sandbox.woo.consumer_secret)
+    fee = session.put(f"{sandbox.woo_url}/wp-json/wc/v3/orders/{reserved['id']}",
+                      json={"fee_lines": [{"name": "Handling", "total": "3.00"}]})
+    assert fee.status_code == 200, fee.text
+    with sandbox.lock:
+        sandbox.mirakl.debit(order_id)
+    run(sandbox, ledger, ORDERS)
+    completed = woo_order(sandbox, ledger, order_id)
+    assert completed["status"] == "processing"  # the order goes on; the difference is told, not fixed
+    charged_total = charged(mirakl_order(sandbox, order_id))
+    assert Decimal(completed["total"]) == charged_total + Decimal("3.00")
+    exception = ledger.get_exception("order_totals_mismatch", order_id, "sandbox")
+    assert exception is not None and exception.status == "open"
+    assert f"totals {completed['total']}, Mirakl charged {charged_total}" in exception.detail["problem"]
+
+
 def test_unmanaged_out_of_stock_is_refused_and_offered_zero(shop, sandbox, ledger):
     # before any stock push: the marketplace still shows the offer it was created with
     order_id = place(sandbox, [("RW-OOSU", 1), ("RW-MUG", 1)], index=2)
