@@ -12,8 +12,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__TEST_CONNECTION := Enabled
-# woo_mirakl_flows: the user the account flow lists and pauses DAGs as (include/woo_mirakl/flows_api_user.py)
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,woo_mirakl_flows:user
+# woo_mirakl_flows: the REST API user the flows pause DAGs and save rotated refresh tokens as (include/woo_mirakl/flows_api_user.py)
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,woo_mirakl_flows:op
 export SANDBOX_HOST ?= 127.0.0.1
 export SANDBOX_MIRAKL_PORT ?= 8081
 export SANDBOX_WOO_PORT ?= 8082

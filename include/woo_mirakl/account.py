@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
+from include.woo_mirakl.airflow_connections import API_CONN_ID
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import (
     ApiError,
@@ -647,16 +648,11 @@ class RestApiPauser:
     how = "Airflow REST API"
 
     def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0):
-        import requests
+        from include.woo_mirakl.airflow_connections import api_session
 
         self.base_url = base_url.rstrip("/")
-        self.session = requests.Session()
         self.timeout = timeout
-        answer = self.session.post(f"{self.base_url}/auth/token", json={"username": username, "password": password},
-                                   timeout=timeout)
-        if answer.status_code >= 400:
-            raise RuntimeError(f"Airflow API at {self.base_url} refused the credentials (HTTP {answer.status_code})")
-        self.session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        self.session = api_session(self.base_url, username, password, timeout)
 
     def __repr__(self) -> str:
         return f"RestApiPauser({self.base_url!r})"
@@ -720,9 +716,6 @@ class MetadataDbPauser:
             existing = sorted(session.scalars(select(DagModel.dag_id).where(DagModel.dag_id.in_(list(dag_ids)))))
             session.execute(update(DagModel).where(DagModel.dag_id.in_(existing)).values(is_paused=paused))
             return existing
-
-
-API_CONN_ID = "airflow_api"
 
 
 def default_pauser() -> FlowPauser:
@@ -950,16 +943,16 @@ NOT_CONNECTED = "not connected: the marketplace was disconnected, connect it aga
 def revoke_mirakl_authorization(hook: Any, ledger: Any, marketplace: str) -> dict[str, Any]:
     """On an OAuth connection: revoke its tokens at Mirakl's authentication system, drop them.
 
-    Each token (the shared access and refresh token from the ledger, and the refresh token the
-    connection holds) is revoked through a ledger action (RFC 7009 revocation is idempotent, so a
-    re-run simply sends it again). Then the ledger's token row is emptied and marked
-    "not connected", and the refresh token is removed from the connection when it lives in
-    Airflow's database (an environment variable or a secrets backend cannot be changed from here:
-    the answer says so; the token is revoked anyway). API-key connections are left as they are.
+    Each token (the refresh token the connection holds, the shared access token from the ledger)
+    is revoked through a ledger action (RFC 7009 revocation is idempotent, so a re-run simply sends
+    it again). Then the ledger's token row is emptied and marked "not connected", and the refresh
+    token is removed from the connection (through ``airflow_connections``; a connection in an
+    environment variable or a secrets backend cannot be changed from here: the answer says so, the
+    token is revoked anyway). API-key connections are left as they are.
     Raises :class:`RuntimeError` when a revocation did not go through, so the task can be re-run.
     """
     from include.woo_mirakl.clients.oauth import fingerprint
-    from include.woo_mirakl.connect import _connection_row, _update_connection
+    from include.woo_mirakl.airflow_connections import ConnectionNotWritable, update_extra
     from include.woo_mirakl.writes import Write, Writer
 
     provider = hook.token_provider(ledger=ledger)
@@ -985,18 +978,19 @@ def revoke_mirakl_authorization(hook: Any, ledger: Any, marketplace: str) -> dic
     if problems:
         raise RuntimeError(f"Mirakl's authentication system did not revoke {len(problems)} token(s) of "
                            f"{hook.mirakl_conn_id!r} ({'; '.join(problems)}): run the disconnect again")
-    conn = _connection_row(hook.mirakl_conn_id)
-    removed = conn is not None and bool((conn.extra_dejson or {}).get("refresh_token"))
-    if removed:
-        _update_connection(hook.mirakl_conn_id, {}, remove=("refresh_token",))
+    removed, note = False, None
+    if provider.origin_refresh_token:
+        try:
+            update_extra(hook.mirakl_conn_id, {}, remove=("refresh_token",))
+            removed = True
+        except ConnectionNotWritable as error:
+            note = f"{error}; so its refresh token stays there, revoked at Mirakl: it no longer works"
     provider.store.forget(provider.key)
     after = hook.token_provider(ledger=ledger)  # the origin the connection now gives its tokens
     with after.store.locked(after.key) as slot:
         slot.needs_reconnect(NOT_CONNECTED, after.origin)
     return {"auth_mode": f"oauth_{provider.grant}", "revoked": revoked, "removed_from_connection": removed,
-            "note": None if removed or conn is not None else (
-                f"the connection {hook.mirakl_conn_id!r} is not in Airflow's database, so its refresh token could "
-                "not be removed from it; it is revoked at Mirakl and no longer works")}
+            "note": note}
 
 
 def clear_not_connected(hook: Any, ledger: Any) -> bool:

@@ -85,18 +85,10 @@ def _connection_row(conn_id: str) -> Any:
         return conn
 
 
-def _update_connection(conn_id: str, changes: dict[str, Any], remove: tuple[str, ...] = ()) -> None:
-    from airflow.models.connection import Connection
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+def _update_connection(conn_id: str, changes: dict[str, Any]) -> None:
+    from include.woo_mirakl.airflow_connections import MetadataDbExtras
 
-    with create_session() as session:
-        conn = session.scalar(select(Connection).where(Connection.conn_id == conn_id))
-        extra = dict(conn.extra_dejson or {})
-        extra.update(changes)
-        for key in remove:
-            extra.pop(key, None)
-        conn.set_extra(json.dumps(extra))
+    MetadataDbExtras().update_extra(conn_id, changes)  # the API server may use the metadata database
 
 
 def redirect_uri(conn: Any, base_url: str) -> str:

@@ -1,13 +1,15 @@
-"""The Airflow user and ``airflow_api`` connection the account flow pauses and lists DAGs with.
+"""The Airflow user and ``airflow_api`` connection the flows reach Airflow's REST API with.
 
-Tasks on Airflow 3 workers may not use the metadata database, so the disconnect goes through the
-REST API as a user of its own (role ``user``: may edit DAGs, not connections or users). For the
+Tasks on Airflow 3 workers may not use the metadata database, so the account flow lists and pauses
+DAGs, and the token renewal saves the refresh token Mirakl rotates into the Mirakl connection,
+through the REST API as a user of its own (role ``op``: may edit DAGs and connections, not users
+or the auth manager's settings; ``user`` could not save the rotated token). For the
 SimpleAuthManager setups (``make airflow``, the compose file) this adds that user's password to the
 passwords file, keeping the others, and writes the connection into the metadata database:
 
     python -m include.woo_mirakl.flows_api_user --api-url http://localhost:8080
 
-The user must also be listed in ``[core] simple_auth_manager_users`` (``woo_mirakl_flows:user``).
+The user must also be listed in ``[core] simple_auth_manager_users`` (``woo_mirakl_flows:op``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import secrets
 from pathlib import Path
 
 USERNAME = "woo_mirakl_flows"
-ROLE = "user"
+ROLE = "op"
 CONN_ID = "airflow_api"
 
 
@@ -41,7 +43,7 @@ def write_connection(api_url: str, password: str, username: str = USERNAME) -> N
     with create_session() as session:
         session.execute(delete(Connection).where(Connection.conn_id == CONN_ID))
         session.add(Connection(conn_id=CONN_ID, conn_type="http", host=api_url.rstrip("/"), login=username,
-                               password=password, description="Used by mirakl_account to list and pause flows"))
+                               password=password, description="Used by the flows to pause DAGs and save rotated Mirakl refresh tokens"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,13 @@ from include.woo_mirakl.clients.http import (
     TransportError,
 )
 from include.woo_mirakl.clients.mirakl import MiraklClient, mirakl_base_url
-from include.woo_mirakl.clients.oauth import MemoryTokenStore, OAuthError, ReconnectRequired, TokenProvider
+from include.woo_mirakl.clients.oauth import (
+    MemoryTokenStore,
+    OAuthError,
+    ReconnectRequired,
+    RenewalNotPossibleHere,
+    TokenProvider,
+)
 from include.woo_mirakl.clients.woocommerce import WooCommerceClient, woo_base_url
 
 log = logging.getLogger(__name__)
@@ -142,6 +148,31 @@ AUTH_MODE_WORDS = {
 }
 
 
+class ConnectionRefreshToken:
+    """The seller's refresh token: the ``refresh_token`` extra of the Mirakl connection, read afresh
+    each time and rewritten when Mirakl rotates it (see ``airflow_connections``)."""
+
+    def __init__(self, conn_id: str):
+        self.conn_id = conn_id
+        self.where = f"the Airflow connection {conn_id!r}"
+
+    def read(self) -> str | None:
+        token = (BaseHook.get_connection(self.conn_id).extra_dejson or {}).get("refresh_token") or None
+        _mask(token)
+        return token
+
+    def write(self, refresh_token: str) -> None:
+        from include.woo_mirakl.airflow_connections import update_extra
+
+        _mask(refresh_token)
+        update_extra(self.conn_id, {"refresh_token": refresh_token})
+
+    def cannot_write(self) -> str | None:
+        from include.woo_mirakl.airflow_connections import defined_outside_the_database
+
+        return defined_outside_the_database(self.conn_id)
+
+
 class MiraklHook(BaseHook):
     """A Mirakl seller API connection: host, optional ``shop_id`` extra, and one of three auth modes.
 
@@ -238,7 +269,7 @@ class MiraklHook(BaseHook):
         else:
             store = _PROCESS_TOKENS
         return TokenProvider(self.oauth_endpoint(retry), store, f"{self.mirakl_conn_id}|{s['client_id']}",
-                             origin_refresh_token=s["extra"].get("refresh_token") or None)
+                             refresh_tokens=ConnectionRefreshToken(self.mirakl_conn_id))
 
     def get_client(self, budget: CallBudget | None = None, retry: RetryPolicy | None = None,
                    ledger: Any = None) -> MiraklClient:
@@ -297,6 +328,12 @@ class MiraklHook(BaseHook):
                 )
         except ReconnectRequired as error:
             return False, str(error)
+        except RenewalNotPossibleHere as error:
+            # the Test button tests a copy of the connection in an environment variable
+            return False, ("The access token needs renewing, which spends the seller's refresh token; Mirakl "
+                           "rotates it and the next one could not be saved from here, so nothing was renewed "
+                           f"({error.reason}). Verify this connection on the operations page's Mirakl "
+                           "connections page instead, which renews, saves and checks it.")
         except OAuthError as error:
             return False, (f"Mirakl's authentication system refused the OAuth client ({error.error}: "
                            f"{error.description}): check the client id (login) and secret (password).")

@@ -121,6 +121,22 @@ def stop(process: subprocess.Popen) -> None:
     process.wait(timeout=10)
 
 
+# As `make airflow`: the REST API user the flows pause DAGs and save rotated refresh tokens as.
+FLOWS_USERS = "admin:admin,woo_mirakl_flows:op"
+
+
+def migrate_and_add_the_flows_user(cwd: Path) -> Callable[[dict[str, str], str], None]:
+    """A ``before_start``: the metadata DB, then the user and ``airflow_api`` connection of the flows."""
+
+    def run(env: dict[str, str], base_url: str) -> None:
+        for command in ([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+                        [sys.executable, "-m", "include.woo_mirakl.flows_api_user", "--api-url", base_url]):
+            done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    return run
+
+
 @contextmanager
 def standalone(tmp: Path, ledger_url: str, *, env: dict[str, str] | None = None,
                before_start: Callable[[dict[str, str], str], None] | None = None, **extra) -> Iterator[Airflow]:

@@ -8,15 +8,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, UI_TIMEOUT_MS, Airflow, standalone
+from tests.browser.standalone import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FLOWS_USERS,
+    RUN_TIMEOUT,
+    UI_TIMEOUT_MS,
+    Airflow,
+    migrate_and_add_the_flows_user,
+    standalone,
+)
 
 MARKETPLACE = "sandbox"
 CONN_ID = "mirakl_sandbox"
 REVIEW_DAG = "mirakl_order_review__sandbox"
+ACCOUNT_DAG = "mirakl_account__sandbox"
 ORDER_ID = "BROWSER-ORDER-1"
 
 pytestmark = pytest.mark.slow
@@ -39,12 +49,19 @@ def airflow(tmp_path_factory, sandbox) -> Iterator[Airflow]:
     ledger_url = f"sqlite:///{tmp / 'ledger.db'}"
     _seed_flagged_order(Ledger.from_url(ledger_url), sandbox)
 
+    add_the_flows_user = migrate_and_add_the_flows_user(tmp)
+
     def register_the_callback(env: dict[str, str], base_url: str) -> None:
         sandbox.auth.client().redirect_uris = [f"{base_url}/woo-mirakl-connect/callback"]
+        add_the_flows_user(env, base_url)  # the workers save rotated refresh tokens through the REST API
 
     # the Mirakl connection is created in Airflow's database by the test, as Connect needs
-    with standalone(tmp, ledger_url, before_start=register_the_callback) as running:
-        running.wait_for_dags(REVIEW_DAG)
+    with standalone(tmp, ledger_url, before_start=register_the_callback,
+                    env={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": FLOWS_USERS}) as running:
+        running.wait_for_dags(REVIEW_DAG, ACCOUNT_DAG)
+        for pool, slots in (("mirakl_api", 2), ("woocommerce_api", 4)):  # as airflow_settings.yaml
+            reply = running.call("POST", "/api/v2/pools", json={"name": pool, "slots": slots})
+            assert reply.status_code == 201, reply.text
         yield running
 
 
@@ -127,6 +144,47 @@ def test_connect_to_mirakl_from_the_operations_page(airflow: Airflow, sandbox, p
 
     reply = airflow.call("GET", f"/api/v2/connections/{CONN_ID}")
     assert "refresh_token" in reply.json()["extra"] and user.password not in reply.text
+
+
+def test_workers_renew_and_save_each_rotated_refresh_token_in_the_connection(airflow: Airflow, sandbox) -> None:
+    """Renewals on real worker processes. Mirakl rotates the refresh token at each renewal and ends the
+    grant if a spent one is used again, so every renewal after the first works only if the worker before
+    wrote its new refresh token back into the connection (through the REST API, as woo_mirakl_flows)."""
+    reply = airflow.call("POST", "/api/v2/connections", json={
+        "connection_id": "woocommerce_default", "conn_type": "woocommerce", "host": sandbox.woo_url,
+        "login": sandbox.woo.consumer_key, "password": sandbox.woo.consumer_secret,
+        "extra": json.dumps({"retry_base_delay": 0.05, "timeout": 10})})
+    assert reply.status_code in (200, 201), reply.text
+    assert airflow.call("PATCH", f"/api/v2/dags/{ACCOUNT_DAG}", json={"is_paused": False}).ok
+    from sqlalchemy import update
+
+    from include.woo_mirakl.ledger import Ledger
+    from include.woo_mirakl.ledger.oauth_tokens import oauth_tokens
+
+    ledger = Ledger.from_url(airflow.ledger_url)
+    with ledger.session() as s, s.begin():  # an hour on: Connect's access token has expired
+        s.execute(update(oauth_tokens).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    with sandbox.lock:
+        sandbox.auth.access_token_ttl = 30  # shorter than the renewal margin: every use renews
+    try:
+        for attempt in (1, 2):
+            before = sandbox.auth.issued.get("refresh_token", 0)
+            reply = airflow.call("POST", f"/api/v2/dags/{ACCOUNT_DAG}/dagRuns",
+                                 json={"logical_date": None, "conf": {"action": "verify"}})
+            assert reply.ok, reply.text
+            run = airflow.wait_for_run(ACCOUNT_DAG, reply.json()["dag_run_id"])
+            assert run["state"] == "success", airflow.log.read_text(errors="replace")[-3000:]
+            assert sandbox.auth.issued["refresh_token"] > before, attempt
+    finally:
+        with sandbox.lock:
+            sandbox.auth.access_token_ttl = 3599
+    with sandbox.lock:
+        grants = [g for g in sandbox.auth.grants.values() if g.user == sandbox.auth.user().email]
+    assert grants and not any(g.revoked for g in grants)
+    # the workers wrote through the REST API as the flows' own user (Airflow's audit log says who)
+    events = airflow.get("/api/v2/eventLogs?event=patch_connection&limit=100").json()["event_logs"]
+    assert {e["owner"] for e in events} == {"woo_mirakl_flows"}, events
+    assert len(events) >= 2
 
 
 def test_a_person_answers_the_required_action_in_the_ui(airflow: Airflow, page) -> None:

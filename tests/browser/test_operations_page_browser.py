@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,16 @@ from datetime import UTC, datetime, time as dtime, timedelta
 import pytest
 import requests
 
-from tests.browser.standalone import CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT, UI_TIMEOUT_MS, Airflow, standalone
+from tests.browser.standalone import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FLOWS_USERS,
+    RUN_TIMEOUT,
+    UI_TIMEOUT_MS,
+    Airflow,
+    migrate_and_add_the_flows_user,
+    standalone,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETPLACE = "sandbox"
@@ -76,21 +83,14 @@ def airflow(tmp_path_factory) -> Iterator[Airflow]:
     sandbox = _sandbox_with_three_days_of_sales()
     slack = SlackSink()
 
-    def migrate_and_add_the_flows_user(env: dict[str, str], base_url: str) -> None:
-        """As `make airflow`: the metadata DB, then the user and connection the account flow pauses flows with."""
-        for command in ([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-                        [sys.executable, "-m", "include.woo_mirakl.flows_api_user", "--api-url", base_url]):
-            done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
     env = {
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,woo_mirakl_flows:user",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": FLOWS_USERS,
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "WOO_MIRAKL_REPORTS_DIR": str(tmp / "reports"),
     }
     try:
-        with standalone(tmp, ledger_url, env=env, before_start=migrate_and_add_the_flows_user,
+        with standalone(tmp, ledger_url, env=env, before_start=migrate_and_add_the_flows_user(tmp),
                         reports=tmp / "reports", slack=slack) as running:
             running.wait_for_dags(DAG_ID, RECONCILIATION)
             for pool, slots in (("mirakl_api", 2), ("woocommerce_api", 4)):  # as airflow_settings.yaml

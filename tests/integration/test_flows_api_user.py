@@ -27,7 +27,7 @@ def test_the_connection_is_written_to_the_metadata_database(airflow_db):
         "http", "http://airflow-apiserver:8080", USERNAME, "second-password")
 
 
-def test_compose_and_make_list_the_user_with_a_role_that_may_pause_dags():
+def test_compose_and_make_list_the_user_with_a_role_that_may_pause_dags_and_edit_connections():
     from pathlib import Path
 
     import yaml
@@ -35,6 +35,6 @@ def test_compose_and_make_list_the_user_with_a_role_that_may_pause_dags():
     root = Path(__file__).resolve().parents[2]
     compose = yaml.safe_load((root / "docker-compose.yaml").read_text())
     users = compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
-    assert "woo_mirakl_flows:user" in users.split(",")
+    assert "woo_mirakl_flows:op" in users.split(",")
     assert "flows_api_user" in compose["services"]["airflow-init"]["command"][-1]
-    assert "SIMPLE_AUTH_MANAGER_USERS := admin:admin,woo_mirakl_flows:user" in (root / "Makefile").read_text()
+    assert "SIMPLE_AUTH_MANAGER_USERS := admin:admin,woo_mirakl_flows:op" in (root / "Makefile").read_text()

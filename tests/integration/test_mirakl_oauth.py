@@ -193,12 +193,73 @@ def _memory():
     return MemoryTokenStore()
 
 
-def _worker(ledger_url, settings, mirakl_url, shop_id, refresh_token, barrier, results) -> None:
+@pytest.fixture
+def seller_connection(sandbox, airflow_db, monkeypatch):
+    """Makes Mirakl connections in Airflow's database, each holding a refresh token a seller just granted."""
+    import json
+
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")  # connections from the metadata DB, as in a server
+    made = []
+
+    def make(conn_id: str) -> tuple[TokenEndpoint, str]:
+        endpoint = _endpoint(sandbox, AUTHORIZATION_CODE)
+        refresh = endpoint.exchange_code(seller_consents(sandbox, endpoint, conn_id)["code"], REDIRECT).refresh_token
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+            session.add(Connection(conn_id=conn_id, conn_type="mirakl", host=sandbox.mirakl_url,
+                                   extra=json.dumps({"auth_mode": "oauth_authorization_code", "refresh_token": refresh})))
+        made.append(conn_id)
+        return endpoint, refresh
+
+    yield make
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id.in_(made)).delete()
+
+
+def _connection_refresh_token(conn_id: str) -> str | None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(Connection).filter(Connection.conn_id == conn_id).one().extra_dejson.get("refresh_token")
+
+
+def _grant_revoked(sandbox, refresh_token: str) -> bool:
+    with sandbox.lock:
+        return sandbox.auth.grants[sandbox.auth._refresh[refresh_token]["grant"]].revoked
+
+
+def _sealed_secrets(ledger, key: str) -> dict:
+    """What the ledger's token row holds once decrypted (the test may look; no one else does)."""
+    import json
+
+    from airflow.models.crypto import get_fernet
+    from sqlalchemy import select
+
+    from include.woo_mirakl.ledger.oauth_tokens import oauth_tokens
+
+    with ledger.session(write=False) as s, s.begin():
+        sealed = s.execute(select(oauth_tokens.c.sealed).where(oauth_tokens.c.key == key)).scalar_one()
+    return json.loads(get_fernet().decrypt(sealed.encode()))
+
+
+def _provider(endpoint, ledger, conn_id: str, key: str = "shared", **kwargs) -> TokenProvider:
+    from include.woo_mirakl.hooks import ConnectionRefreshToken
+
+    return TokenProvider(endpoint, LedgerTokenStore(ledger), key, refresh_tokens=ConnectionRefreshToken(conn_id),
+                         **kwargs)
+
+
+def _worker(ledger_url, settings, mirakl_url, shop_id, conn_id, barrier, results) -> None:
     try:
         dispose_engines()  # engines never cross a fork
-        endpoint = TokenEndpoint(settings, retry=FAST)
-        provider = TokenProvider(endpoint, LedgerTokenStore(Ledger.from_url(ledger_url)), "shared",
-                                 origin_refresh_token=refresh_token)
+        from airflow import settings as airflow_settings
+
+        airflow_settings.engine.dispose(close=False)
+        provider = _provider(TokenEndpoint(settings, retry=FAST), Ledger.from_url(ledger_url), conn_id)
         client = MiraklClient(mirakl_url, None, shop_id=shop_id, retry=FAST, token_provider=provider)
         barrier.wait(timeout=60)
         client.offers_count()
@@ -207,11 +268,11 @@ def _worker(ledger_url, settings, mirakl_url, shop_id, refresh_token, barrier, r
         results.put(("error", repr(error)))
 
 
-def _race(ledger_url, settings, sandbox, refresh_token) -> list[str]:
+def _race(ledger_url, settings, sandbox, conn_id) -> list[str]:
     barrier = FORK.Barrier(WORKERS)
     results = FORK.Queue()
     processes = [FORK.Process(target=_worker, args=(ledger_url, settings, sandbox.mirakl_url, sandbox.mirakl.shop_id,
-                                                    refresh_token, barrier, results)) for _ in range(WORKERS)]
+                                                    conn_id, barrier, results)) for _ in range(WORKERS)]
     for p in processes:
         p.start()
     outcomes = [results.get(timeout=90) for _ in processes]
@@ -221,29 +282,125 @@ def _race(ledger_url, settings, sandbox, refresh_token) -> list[str]:
     return [o[1] for o in outcomes]
 
 
-def test_ten_workers_renew_a_rotating_token_once(sandbox, ledger_url):
-    Ledger.from_url(ledger_url)  # schema before the fork
-    LedgerTokenStore(Ledger.from_url(ledger_url))
-    endpoint = _endpoint(sandbox, AUTHORIZATION_CODE)
-    token = endpoint.exchange_code(seller_consents(sandbox, endpoint, "w")["code"], REDIRECT)
-    settings = endpoint.settings
+def test_ten_workers_renew_a_rotating_token_once(sandbox, ledger_url, seller_connection):
+    ledger = Ledger.from_url(ledger_url)  # schema before the fork
+    LedgerTokenStore(ledger)
+    endpoint, granted = seller_connection("mirakl_race")
     # real time for the workers: the sandbox clock must not run ahead of it
     sandbox.clock.unfreeze()
     before = sandbox.auth.issued["refresh_token"]
-    first = _race(ledger_url, settings, sandbox, token.refresh_token)
+    first = _race(ledger_url, endpoint.settings, sandbox, "mirakl_race")
     assert sandbox.auth.issued["refresh_token"] == before + 1  # ten workers, one renewal
     assert len(set(first)) == 1
+    rotated = _connection_refresh_token("mirakl_race")
+    assert rotated and rotated != granted  # the rotated refresh token went back into the connection
     with sandbox.lock:
         sandbox.auth.expire_access_tokens()  # every worker now gets a 401 on its stored token
-    _race(ledger_url, settings, sandbox, token.refresh_token)
+    _race(ledger_url, endpoint.settings, sandbox, "mirakl_race")
     # once more, one renewal; had two workers used the same rotating refresh token, the grant would be revoked
     assert sandbox.auth.issued["refresh_token"] == before + 2
-    assert not any(g["revoked"] for g in requests.get(f"{sandbox.auth_url}/_admin/auth/stats", timeout=10)
-                   .json()["grants"] if g["user"] and g["grant_id"] == _latest_grant(sandbox))
+    assert _connection_refresh_token("mirakl_race") not in (granted, rotated)
+    assert not _grant_revoked(sandbox, granted)
+    # the ledger shares the access token only: the refresh token lives in the connection
+    assert set(_sealed_secrets(ledger, "shared")) == {"access_token", "scope"}
 
 
-def _latest_grant(sandbox) -> str:
-    return sandbox.auth.consents[("seller@example.com", "woo-mirakl-sandbox")]
+def test_a_worker_that_started_before_a_rotation_renews_with_the_rotated_token(sandbox, tmp_path, seller_connection):
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    endpoint, granted = seller_connection("mirakl_stale")
+    early = _provider(endpoint, ledger, "mirakl_stale", key="stale", clock=sandbox.clock.now)
+    late = _provider(endpoint, ledger, "mirakl_stale", key="stale", clock=sandbox.clock.now)
+    _client(sandbox, early).offers_count()  # renewal 1: the granted token is spent, its successor saved
+    first = _connection_refresh_token("mirakl_stale")
+    _client(sandbox, late).offers_count()  # finds the shared access token: no renewal
+    sandbox.clock.advance(3599 - 200)  # both caches inside the renewal margin
+    issued = sandbox.auth.issued["refresh_token"]
+    _client(sandbox, late).offers_count()  # renews with the connection's token of now, not the one it began with
+    assert sandbox.auth.issued["refresh_token"] == issued + 1
+    assert _connection_refresh_token("mirakl_stale") not in (granted, first)
+    assert not _grant_revoked(sandbox, granted)
+    _client(sandbox, early).offers_count()  # and the other worker uses the token the late one renewed
+    assert sandbox.auth.issued["refresh_token"] == issued + 1
+
+
+def test_a_rotated_token_that_cannot_be_saved_stops_renewals_before_the_spent_one_is_reused(sandbox, tmp_path):
+    from include.woo_mirakl.clients.oauth import HeldRefreshToken
+
+    class FullDisk(HeldRefreshToken):
+        def write(self, refresh_token: str) -> None:
+            raise OSError("No space left on device")
+
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    endpoint = _endpoint(sandbox, AUTHORIZATION_CODE)
+    granted = endpoint.exchange_code(seller_consents(sandbox, endpoint, "full")["code"], REDIRECT).refresh_token
+    failing = TokenProvider(endpoint, LedgerTokenStore(ledger), "unsaved", refresh_tokens=FullDisk(granted),
+                            clock=sandbox.clock.now)
+    with pytest.raises(ReconnectRequired, match="could not be saved in this process .*No space left on device"):
+        _client(sandbox, failing).offers_count()
+    issued = sandbox.auth.issued["refresh_token"]
+    other = TokenProvider(endpoint, LedgerTokenStore(ledger), "unsaved", refresh_tokens=HeldRefreshToken(granted),
+                          clock=sandbox.clock.now)
+    with pytest.raises(ReconnectRequired, match="Reconnect"):
+        _client(sandbox, other).offers_count()
+    assert sandbox.auth.issued["refresh_token"] == issued  # the spent token was not offered again
+    assert not _grant_revoked(sandbox, granted)  # which would have ended the seller's grant
+    assert LedgerTokenStore(ledger).peek("unsaved")["status"] == "reconnect_required"
+
+
+def test_a_connection_in_an_environment_variable_is_never_renewed_so_its_token_is_never_spent(
+        sandbox, tmp_path, monkeypatch):
+    import json
+
+    from include.woo_mirakl.clients.oauth import RenewalNotPossibleHere
+    from include.woo_mirakl.hooks import MiraklHook
+
+    endpoint = _endpoint(sandbox, AUTHORIZATION_CODE)
+    granted = endpoint.exchange_code(seller_consents(sandbox, endpoint, "env")["code"], REDIRECT).refresh_token
+    client = sandbox.auth.client()
+    monkeypatch.setenv("AIRFLOW_CONN_WOO_MIRAKL_LEDGER", json.dumps(
+        {"conn_type": "generic", "extra": {"sqlalchemy_url": f"sqlite:///{tmp_path}/ledger.db"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_MIRAKL_ENV", json.dumps({
+        "conn_type": "mirakl", "host": sandbox.mirakl_url, "login": client.client_id, "password": client.client_secret,
+        "extra": {"auth_mode": "oauth_authorization_code", "refresh_token": granted, "shop_id": sandbox.mirakl.shop_id,
+                  "token_url": f"{sandbox.auth_url}/oauth/token", "retry_base_delay": 0.01}}))
+    issued = sandbox.auth.issued["refresh_token"]
+    with pytest.raises(RenewalNotPossibleHere, match="AIRFLOW_CONN_MIRAKL_ENV, which Airflow cannot change"):
+        MiraklHook("mirakl_env").get_client().offers_count()
+    ok, message = MiraklHook("mirakl_env").test_connection()  # what the Test button shows (it tests such a copy)
+    assert not ok and "nothing was renewed" in message and "Mirakl connections page" in message
+    assert granted not in message
+    assert sandbox.auth.issued["refresh_token"] == issued
+    assert endpoint.refresh(granted).access_token  # still unspent
+
+
+def test_a_token_row_from_before_the_move_hands_its_refresh_token_to_the_connection(sandbox, tmp_path,
+                                                                                    seller_connection):
+    """Earlier versions sealed the rotated refresh token into the ledger and left the spent one in the connection."""
+    import json
+
+    from airflow.models.crypto import get_fernet
+    from sqlalchemy import update
+
+    from include.woo_mirakl.clients.oauth import fingerprint
+    from include.woo_mirakl.ledger.oauth_tokens import oauth_tokens
+
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    endpoint, granted = seller_connection("mirakl_legacy")
+    live = endpoint.refresh(granted)  # what the old version did: the connection's token is now spent
+    store = LedgerTokenStore(ledger)
+    with store.locked("legacy"):
+        pass
+    sealed = get_fernet().encrypt(json.dumps({"access_token": live.access_token, "refresh_token": live.refresh_token,
+                                              "scope": None}).encode()).decode()
+    with ledger.session() as s, s.begin():
+        s.execute(update(oauth_tokens).where(oauth_tokens.c.key == "legacy").values(
+            sealed=sealed, status="ok", origin=fingerprint(endpoint.settings.token_url, granted),
+            expires_at=sandbox.clock.now() - timedelta(seconds=1)))
+    _client(sandbox, _provider(endpoint, ledger, "mirakl_legacy", key="legacy", clock=sandbox.clock.now)).offers_count()
+    moved = _connection_refresh_token("mirakl_legacy")
+    assert moved not in (granted, live.refresh_token)
+    assert not _grant_revoked(sandbox, granted)  # the spent token in the connection was not used
+    assert set(_sealed_secrets(ledger, "legacy")) == {"access_token", "scope"}
 
 
 def test_api_errors_other_than_401_are_not_retried_with_a_new_token(sandbox):

@@ -10,6 +10,8 @@ Answers hold ``token_type: Bearer``, ``access_token`` and ``expires_in``; Mirakl
 :class:`TokenProvider` hands out a valid access token: from its own cache while it is fresh, else
 from the shared :class:`TokenStore` (the ledger) under a row lock, so when it expires one worker
 renews it and the others find the new one; after a 401 the caller invalidates it once and retries.
+The store holds access tokens only; the refresh token stays in the connection (a
+:class:`RefreshTokenHome`), rewritten there when Mirakl rotates it.
 """
 from __future__ import annotations
 
@@ -95,8 +97,12 @@ class Token:
     def fresh(self, now: datetime, margin: timedelta) -> bool:
         return now + margin < self.expires_at
 
-    def as_secret_dict(self) -> dict[str, Any]:
-        return {"access_token": self.access_token, "refresh_token": self.refresh_token, "scope": self.scope}
+    def shared_part(self) -> dict[str, Any]:
+        """What workers share through the token store: never the refresh token (it lives in the connection)."""
+        return {"access_token": self.access_token, "scope": self.scope}
+
+    def without_refresh(self) -> "Token":
+        return Token(self.access_token, self.expires_at, None, self.scope)
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,43 @@ class TokenSlot(Protocol):
     def needs_reconnect(self, reason: str, origin: str) -> None: ...
 
 
+class RefreshTokenHome(Protocol):
+    """Where the seller's refresh token lives (the Airflow connection): read afresh under the store's
+    lock, written back when Mirakl rotates it. ``where`` names it for messages."""
+
+    where: str
+
+    def read(self) -> str | None: ...
+    def write(self, refresh_token: str) -> None: ...
+    def cannot_write(self) -> str | None: ...  # why a rotated token could not be saved, known beforehand
+
+
+@dataclass
+class HeldRefreshToken:
+    """A refresh token this process alone holds (a connection test, a test): a rotation stays in memory."""
+
+    value: str | None = field(default=None, repr=False)
+    where: str = "this process"
+
+    def read(self) -> str | None:
+        return self.value
+
+    def write(self, refresh_token: str) -> None:
+        self.value = refresh_token
+
+    def cannot_write(self) -> str | None:
+        return None
+
+
+class RenewalNotPossibleHere(ClientError):
+    """Renewing would spend the seller's refresh token where its rotated successor cannot be saved."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__("mirakl-auth", "token", f"the Mirakl access token of {key} is not renewed here, so as not "
+                         f"to spend the seller's refresh token: {reason}")
+        self.reason = reason
+
+
 class TokenStore(Protocol):
     """Where workers share the current token: one lockable slot per key."""
 
@@ -231,12 +274,12 @@ class _MemorySlot:
     reason: str | None = None
 
     def save(self, token: Token, origin: str) -> None:
-        self.token, self.origin, self.status, self.reason = token, origin, "ok", None
+        self.token, self.origin, self.status, self.reason = token.without_refresh(), origin, "ok", None
 
     def expire(self) -> None:
         if self.token is not None:
-            self.token = Token(self.token.access_token, datetime.min.replace(tzinfo=timezone.utc),
-                               self.token.refresh_token, self.token.scope)
+            self.token = Token(self.token.access_token, datetime.min.replace(tzinfo=timezone.utc), None,
+                               self.token.scope)
 
     def needs_reconnect(self, reason: str, origin: str) -> None:
         self.status, self.reason, self.origin = "reconnect_required", reason, origin
@@ -269,37 +312,49 @@ class MemoryTokenStore:
 class TokenProvider:
     """A valid Bearer token for one Mirakl connection, renewed once for all workers.
 
-    ``origin_refresh_token`` is the refresh token the connection holds (written by Connect to
-    Mirakl); when it differs from the one the stored token descends from, the seller reconnected
-    and the stored chain is dropped.
+    The access token is shared through ``store`` (the ledger, encrypted); the refresh token lives
+    only in ``refresh_tokens`` (the connection). Under the store's lock the refresh token is read
+    afresh, so a worker that started before another one's renewal never spends a token Mirakl has
+    already rotated (which would end the seller's grant); a rotated token is written back to the
+    connection before the lock is released. A stored access token is used only when it descends
+    from the refresh token the connection holds now: after a Reconnect, the old chain is dropped.
     """
 
     def __init__(self, endpoint: TokenEndpoint, store: TokenStore, key: str, *,
-                 origin_refresh_token: str | None = None, margin: timedelta = REFRESH_MARGIN,
-                 clock: Callable[[], datetime] = _utcnow):
+                 refresh_tokens: RefreshTokenHome | None = None, origin_refresh_token: str | None = None,
+                 margin: timedelta = REFRESH_MARGIN, clock: Callable[[], datetime] = _utcnow):
         self.endpoint = endpoint
         self.store = store
         self.key = key
         self.grant = endpoint.settings.grant
         self.margin = margin
-        self._origin_refresh = origin_refresh_token
+        self.refresh_tokens = refresh_tokens or HeldRefreshToken(origin_refresh_token)
         self._clock = clock
         self._cached: Token | None = None
         self._lock = threading.Lock()
-        if self.grant == CLIENT_CREDENTIALS:
-            self.origin = fingerprint(endpoint.settings.token_url, endpoint.settings.client_id,
-                                      endpoint.settings.client_secret)
-        else:
-            self.origin = fingerprint(endpoint.settings.token_url, origin_refresh_token)
-        endpoint.redactor.add(origin_refresh_token)
 
     def __repr__(self) -> str:
         return f"TokenProvider({self.key!r}, {self.grant})"
 
     @property
     def origin_refresh_token(self) -> str | None:
-        """The refresh token the connection holds (a disconnect revokes it)."""
-        return self._origin_refresh
+        """The refresh token the connection holds now (a disconnect revokes it)."""
+        if self.grant == CLIENT_CREDENTIALS:
+            return None
+        token = self.refresh_tokens.read()
+        self.endpoint.redactor.add(token)
+        return token
+
+    @property
+    def origin(self) -> str:
+        """Names the credentials a stored token must descend from (a digest, never a secret)."""
+        settings = self.endpoint.settings
+        if self.grant == CLIENT_CREDENTIALS:
+            return fingerprint(settings.token_url, settings.client_id, settings.client_secret)
+        return self._origin_of(self.origin_refresh_token)
+
+    def _origin_of(self, refresh_token: str | None) -> str:
+        return fingerprint(self.endpoint.settings.token_url, refresh_token)
 
     @property
     def expires_at(self) -> datetime | None:
@@ -313,27 +368,51 @@ class TokenProvider:
                 return self._cached.access_token
             problem: ReconnectRequired | None = None
             with self.store.locked(self.key) as slot:
-                current = slot.token if slot.origin == self.origin else None
-                if slot.origin == self.origin and slot.status == "reconnect_required":
+                held = self.origin_refresh_token  # afresh: another worker may have rotated it
+                origin = self.origin if self.grant == CLIENT_CREDENTIALS else self._origin_of(held)
+                current = slot.token if slot.origin == origin else None
+                if slot.origin == origin and slot.status == "reconnect_required":
                     problem = ReconnectRequired(self.key, getattr(slot, "reason", None) or "refused before")
                 elif current is not None and current.fresh(now, self.margin):
-                    self._cached = current  # another worker renewed it
+                    self._cached = current.without_refresh()  # another worker renewed it
                 else:
-                    try:
-                        fresh = self._obtain(current)
-                    except OAuthError as error:
-                        if error.error not in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                            raise
-                        problem = ReconnectRequired(self.key, f"{error.error}: {error.description}")
-                        slot.needs_reconnect(problem.reason, self.origin)
-                    else:
-                        slot.save(fresh, self.origin)
-                        self._cached = fresh
-                        log.info("%s: new Mirakl access token, valid until %s", self.key, fresh.expires_at.isoformat())
+                    problem = self._renew(slot, current, origin, held)
             if problem is not None:
                 raise problem
             self.endpoint.redactor.add(self._cached.access_token)
             return self._cached.access_token
+
+    def _renew(self, slot: Any, current: Token | None, origin: str, held: str | None) -> ReconnectRequired | None:
+        if self.grant == AUTHORIZATION_CODE:
+            unsaved = self.refresh_tokens.cannot_write()
+            if unsaved:
+                raise RenewalNotPossibleHere(self.key, unsaved)
+        # a row written before refresh tokens moved to the connection still carries the live one
+        spent = (current.refresh_token if current else None) or held
+        try:
+            fresh = self._obtain(spent)
+        except OAuthError as error:
+            if error.error not in ("invalid_grant", "invalid_client", "unauthorized_client"):
+                raise
+            problem = ReconnectRequired(self.key, f"{error.error}: {error.description}")
+            slot.needs_reconnect(problem.reason, origin)
+            return problem
+        if self.grant == AUTHORIZATION_CODE and fresh.refresh_token != held:
+            try:
+                self.refresh_tokens.write(fresh.refresh_token)
+            except Exception as error:  # noqa: BLE001 - the grant now hangs on this process: say so
+                reason = (f"Mirakl rotated the refresh token and it could not be saved in {self.refresh_tokens.where} "
+                          f"({type(error).__name__}: {self.endpoint.redactor.redact(str(error))})")
+                log.error("%s: %s", self.key, reason)
+                # the connection's token is spent: nobody may use it again, or Mirakl ends the grant
+                slot.needs_reconnect(reason, origin)
+                return ReconnectRequired(self.key, reason)
+            origin = self._origin_of(fresh.refresh_token)
+            log.info("%s: Mirakl rotated the refresh token; saved in %s", self.key, self.refresh_tokens.where)
+        slot.save(fresh, origin)
+        self._cached = fresh.without_refresh()
+        log.info("%s: new Mirakl access token, valid until %s", self.key, fresh.expires_at.isoformat())
+        return None
 
     def invalidate(self, rejected: str) -> None:
         """Mirakl answered 401 to ``rejected``: forget it here and, if still current, for every worker."""
@@ -344,10 +423,9 @@ class TokenProvider:
                 if slot.token is not None and slot.token.access_token == rejected:
                     slot.expire()
 
-    def _obtain(self, current: Token | None) -> Token:
+    def _obtain(self, refresh_token: str | None) -> Token:
         if self.grant == CLIENT_CREDENTIALS:
             return self.endpoint.client_credentials()
-        refresh_token = (current.refresh_token if current else None) or self._origin_refresh
         if not refresh_token:
             raise OAuthError("token", 400, "invalid_grant", "not connected: the connection holds no refresh token (use Connect to Mirakl)")
         token = self.endpoint.refresh(refresh_token)

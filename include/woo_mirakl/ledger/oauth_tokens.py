@@ -2,9 +2,11 @@
 
 Workers renew a token one at a time: the row is locked (``SELECT … FOR UPDATE`` on PostgreSQL,
 SQLite's write lock taken by ``BEGIN IMMEDIATE``) while one of them asks the authentication
-system, and the others then read the token it stored. The tokens themselves are never stored in
-clear: the row holds them encrypted with Airflow's Fernet key (the one that encrypts connection
-passwords and extras), next to their expiry and a fingerprint of where they came from.
+system, and the others then read the token it stored. The row holds the access token only,
+encrypted with Airflow's Fernet key (the one that encrypts connection passwords and extras), next to
+its expiry and a fingerprint of the refresh token it came from; the refresh token itself lives in
+the Airflow connection. (Rows written before then may still carry one, sealed: it is used for the
+next renewal, whose rotated successor goes to the connection, and is dropped with that save.)
 
 The table has its own metadata and is created on first use, so it does not touch the ledger's
 schema versions.
@@ -29,7 +31,7 @@ metadata = MetaData()
 oauth_tokens = Table(
     "oauth_tokens", metadata,
     Column("key", String(200), primary_key=True),
-    Column("sealed", Text, nullable=True),  # Fernet ciphertext of access and refresh token
+    Column("sealed", Text, nullable=True),  # Fernet ciphertext of the access token
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("origin", String(64), nullable=True),
     Column("status", String(32), nullable=False, default="none"),
@@ -66,8 +68,8 @@ class _LedgerSlot:
     changes: dict[str, Any]
 
     def save(self, token: Token, origin: str) -> None:
-        self.token, self.origin, self.status, self.reason = token, origin, "ok", None
-        sealed = _fernet().encrypt(json.dumps(token.as_secret_dict()).encode()).decode()
+        self.token, self.origin, self.status, self.reason = token.without_refresh(), origin, "ok", None
+        sealed = _fernet().encrypt(json.dumps(token.shared_part()).encode()).decode()
         self.changes = {"sealed": sealed, "expires_at": token.expires_at, "origin": origin, "status": "ok",
                         "reason": None, "renew": True}
 
