@@ -340,3 +340,30 @@ def test_without_airflow_answering_the_ingest_applies_the_default_at_the_due_tim
     late = record_decision(ledger, get_marketplace("sandbox"), order_id, REFUSE_ALL, None, "bob")
     assert late["kept"] is False and late["because"] == "already decided"
     assert ledger.get_order("sandbox", order_id).decision == "accepted"
+
+
+def test_left_to_mirakl_on_timeout_nothing_is_sent_and_mirakl_cancels_at_its_deadline(
+        sandbox, ledger, catalogue, review_rules):
+    import yaml
+
+    data = yaml.safe_load(review_rules.read_text())
+    data["marketplaces"][0]["human_review"]["timeout_default"] = "leave"
+    review_rules.write_text(yaml.safe_dump(data))
+    order_id = place(sandbox, [{"offer_sku": "REV-A", "quantity": 1, "price": 1.0}], 6, acceptance_delay_s=900)
+    ingest(sandbox, ledger)
+    assert ledger.get_order("sandbox", order_id).detail["review"]["status"] == "pending"
+    advance(sandbox, ledger, 900 - 600 - 61 + 5)  # past the due time, before the deadline
+    place(sandbox, [{"offer_sku": "REV-A", "quantity": 1}], 7)  # activity: OR11 shows Mirakl's clock
+    ingest(sandbox, ledger, 0)
+    record = ledger.get_order("sandbox", order_id)
+    assert record.decision is None, record
+    assert record.detail["review"]["status"] == "left_to_mirakl" and record.detail["review"]["timed_out"] is True
+    # the next cycles leave it too: no reservation, no OR21; Mirakl's own deadline ends it
+    advance(sandbox, ledger, 600)
+    ingest(sandbox, ledger)
+    assert not [e for e in sandbox.log.entries("mirakl", "OR21") if order_id in e["path"]]
+    with sandbox.lock:
+        assert sandbox.mirakl.order(order_id)["order_state"] == "CANCELED"
+    record = ledger.get_order("sandbox", order_id)
+    assert record.decision is None and record.woo_order_id is None
+    assert record.mirakl_state == "CANCELED"

@@ -214,6 +214,32 @@ def test_a_seller_with_several_stores_is_asked_which_one(sandbox, app):
             user.stores.pop()
 
 
+def test_after_the_seller_withdraws_consent_reconnect_brings_the_flows_back(sandbox, app):
+    """Consent withdrawn at Mirakl: the flows stop with "Reconnect", the page says so, and Reconnect heals it."""
+    from include.woo_mirakl.clients.oauth import ReconnectRequired
+    from include.woo_mirakl.hooks import MiraklHook
+
+    if "refresh_token" not in MiraklHook(CONN_ID).get_connection(CONN_ID).extra_dejson:  # run alone
+        assert app.get(seller(sandbox, _start(app)).removeprefix(BASE), headers=token()).status_code == 200
+    MiraklHook(CONN_ID).get_client().offers_count()
+    with sandbox.lock:
+        sandbox.auth.revoke_consent(sandbox.auth.user().email)  # the seller withdrew it in Mirakl's back office
+        sandbox.auth.expire_access_tokens()
+    with pytest.raises(ReconnectRequired, match="use Reconnect on the operations page"):
+        MiraklHook(CONN_ID).get_client().offers_count()
+    issued = dict(sandbox.auth.issued)
+    with pytest.raises(ReconnectRequired):  # every worker after it is told at once, nothing spent
+        MiraklHook(CONN_ID).get_client().offers_count()
+    assert sandbox.auth.issued == issued
+    listing = html.unescape(app.get("/woo-mirakl-connect/", headers=token()).text)
+    assert "reconnect needed" in listing and "Reconnect" in listing
+
+    reply = app.get(seller(sandbox, _start(app)).removeprefix(BASE), headers=token())  # consent given again
+    assert reply.status_code == 200 and "Mirakl access token accepted by" in reply.text, reply.text  # A01 ran today
+    assert MiraklHook(CONN_ID).get_client().offers_count() >= 0
+    assert "reconnect needed" not in html.unescape(app.get("/woo-mirakl-connect/", headers=token()).text)
+
+
 def test_disconnecting_revokes_the_tokens_and_removes_the_refresh_token_from_the_connection(sandbox, app):
     """Last: the account flow's disconnect ends the seller's authorization (here on a connection in the DB)."""
     from airflow.models.connection import Connection
