@@ -2,7 +2,8 @@
 
 Per marketplace: open exceptions (filter by kind and age, acknowledge), the last successful
 run of each flow, the order funnel, stock drift and unmatched SKUs — all read from the
-ledger, never from connections, so no secret can reach the page.
+ledger — and how the marketplace signs in to Mirakl, with its Connect to Mirakl / Reconnect
+button (the connection's mode and token state only: no secret can reach the page).
 
 Airflow mounts plugin apps without its own authentication, so every route here requires the
 user of Airflow's session (the ``_token`` cookie the UI sets, or a Bearer JWT) and asks
@@ -12,6 +13,7 @@ header that a cross-site form cannot send (CSRF).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
+log = logging.getLogger(__name__)
 URL_PREFIX = "/woo-mirakl"
 ACK_HEADER = "X-Woo-Mirakl-Ack"
 FUNNEL = {  # funnel step -> Mirakl order states
@@ -127,6 +130,17 @@ def _flow_runs(marketplace: str, runs: Callable[[list[str]], dict[str, dict[str,
         for dag_id in sorted(dag_ids)]
 
 
+def _sign_in_state(marketplace: str) -> dict[str, Any] | None:
+    """How the marketplace signs in to Mirakl and whether it is connected (never a token); None if unknown."""
+    from include.woo_mirakl import connect
+
+    try:
+        return connect.status(marketplace)
+    except Exception as error:  # noqa: BLE001 - the page must load without this line
+        log.warning("sign-in state of %s unavailable: %s", marketplace, type(error).__name__)
+        return None
+
+
 def marketplace_summary(
     ledger: Any, marketplace: str, *, kind: str | None = None, min_age_hours: float = 0.0, funnel_days: int = 7,
     now: dt.datetime | None = None, runs: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
@@ -168,6 +182,9 @@ PAGE = """<!doctype html>
 {% for m in marketplaces %}
 <section data-marketplace="{{ m.marketplace }}">
 <h2>{{ m.marketplace }} — {{ m.open_count }} open exception(s)</h2>
+{% if m.sign_in %}<p class="sign-in">Mirakl sign-in: {{ m.sign_in.auth_words }}{% if m.sign_in.auth_mode != "api_key" %} — <b class="state">{{ m.sign_in.state }}</b>{% endif %}
+{%- if m.sign_in.expires_at %}; access token valid until {{ m.sign_in.expires_at.strftime("%Y-%m-%d %H:%M UTC") }}{% endif %}
+{%- if m.sign_in.auth_mode == "oauth_authorization_code" %} <a class="button" href="/woo-mirakl-connect/{{ m.marketplace }}/start" target="_top">{{ "Reconnect" if m.sign_in.connected else "Connect to Mirakl" }}</a>{% endif %}</p>{% endif %}
 <h3>Open exceptions</h3>
 <div class="scroll"><table class="exceptions">
 <colgroup><col style="width:14%"><col style="width:14%"><col style="width:7%"><col style="width:6%"><col style="width:5%"><col><col style="width:11%"></colgroup>
@@ -231,7 +248,8 @@ CSS = """
  tr.critical td:first-child{border-left:3px solid var(--bad)} .failed{color:var(--bad)}
  p.what,p.todo{margin:0 0 .2rem} small,details summary{color:var(--muted)} code{font-size:.75rem;overflow-wrap:anywhere}
  button{font:inherit;border:1px solid var(--line);border-radius:6px;padding:.25rem .7rem;background:var(--head);color:var(--fg);cursor:pointer}
- button:hover{border-color:var(--link)} input,select{font:inherit;border:1px solid var(--line);border-radius:6px;padding:.2rem .4rem;
+ button:hover,a.button:hover{border-color:var(--link);text-decoration:none}
+ a.button{display:inline-block;border:1px solid var(--line);border-radius:6px;padding:.2rem .7rem;background:var(--head)} input,select{font:inherit;border:1px solid var(--line);border-radius:6px;padding:.2rem .4rem;
  background:transparent;color:var(--fg)} .funnel span{display:inline-block;margin-right:1.2rem}
 """
 
@@ -258,8 +276,9 @@ def create_app(
     ledger_factory: Callable[[], Any] = _ledger_from_airflow,
     marketplaces: Callable[[], list[str]] = _marketplace_names,
     runs: Callable[[list[str]], dict[str, dict[str, Any]]] = _runs_from_airflow,
+    sign_in: Callable[[str], dict[str, Any] | None] = _sign_in_state,
 ) -> FastAPI:
-    """The page's FastAPI app; the ledger and marketplace list are injectable for tests."""
+    """The page's FastAPI app; the ledger, marketplace list, runs and sign-in states are injectable for tests."""
     import jinja2
     from airflow.api_fastapi.core_api.security import get_user
 
@@ -275,8 +294,8 @@ def create_app(
         return state["ledger"]
 
     def summaries(kind: str | None, min_age_hours: float) -> list[dict[str, Any]]:
-        return [marketplace_summary(ledger(), name, kind=kind or None, min_age_hours=min_age_hours, runs=runs)
-                for name in marketplaces()]
+        return [{**marketplace_summary(ledger(), name, kind=kind or None, min_age_hours=min_age_hours, runs=runs),
+                 "sign_in": sign_in(name)} for name in marketplaces()]
 
     @app.get("/", response_class=HTMLResponse)
     def page(

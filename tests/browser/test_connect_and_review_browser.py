@@ -115,10 +115,9 @@ def test_connect_to_mirakl_from_the_operations_page(airflow: Airflow, sandbox, p
     assert reply.status_code in (200, 201), reply.text
 
     page.goto(f"{airflow.base_url}/woo-mirakl/")
-    page.get_by_role("link", name="Mirakl connections: Connect to Mirakl / Reconnect").click()
-    row = page.locator("tr[data-marketplace=sandbox]")
-    expect(row).to_contain_text("not connected")
-    row.get_by_role("link", name="Connect to Mirakl").click()
+    section = page.locator("section[data-marketplace=sandbox] p.sign-in")
+    expect(section).to_contain_text("not connected")
+    section.get_by_role("link", name="Connect to Mirakl").click()
 
     # Mirakl's side: sign in, consent (one store, so no store choice)
     page.wait_for_url(lambda url: url.startswith(sandbox.auth_url))
@@ -139,7 +138,12 @@ def test_connect_to_mirakl_from_the_operations_page(airflow: Airflow, sandbox, p
     expect(result).to_contain_text("the access token is valid until")
     page.screenshot(path=str(airflow.workdir / "connected.png"))
     assert sandbox.log.count("mirakl", "A01") >= 1
-    page.get_by_role("link", name="Mirakl connections").click()
+    page.get_by_role("link", name="Operations page").click()
+    section = page.locator("section[data-marketplace=sandbox] p.sign-in")
+    expect(section).to_contain_text("connected; access token valid until")
+    expect(section.get_by_role("link", name="Reconnect")).to_be_visible()
+    page.screenshot(path=str(airflow.workdir / "operations-connected.png"))
+    page.get_by_role("link", name="Mirakl connections: Connect to Mirakl / Reconnect").click()
     expect(page.locator("tr[data-marketplace=sandbox]")).to_contain_text("Reconnect")
 
     reply = airflow.call("GET", f"/api/v2/connections/{CONN_ID}")

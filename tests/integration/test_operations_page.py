@@ -194,3 +194,31 @@ def test_finance_reaches_each_days_report_files_from_the_reports_page(client, to
                  "sandbox/2026-11-30/lines.csv"):
         assert client.get(f"/woo-mirakl/reports/{path}", cookies=cookies).status_code == 404, path
     assert client.get("/woo-mirakl/reports/").status_code == 401
+
+
+def test_each_marketplace_says_how_it_signs_in_with_connect_or_reconnect(ledger):
+    from fastapi.testclient import TestClient
+
+    from plugins.operations_page import create_app, reader
+
+    states = {
+        "key": {"auth_mode": "api_key", "auth_words": "API key", "state": "API key", "connected": False,
+                "expires_at": None},
+        "new": {"auth_mode": "oauth_authorization_code", "auth_words": "Mirakl authentication system",
+                "state": "not connected", "connected": False, "expires_at": None},
+        "lost": {"auth_mode": "oauth_authorization_code", "auth_words": "Mirakl authentication system",
+                 "state": "reconnect needed: invalid_grant: consent withdrawn", "connected": True,
+                 "expires_at": dt.datetime(2026, 12, 6, 9, 30, tzinfo=dt.timezone.utc)},
+    }
+    app = create_app(ledger_factory=lambda: ledger[0], marketplaces=lambda: list(states) + ["gone"],
+                     runs=lambda dag_ids: {}, sign_in=states.get)
+    app.dependency_overrides[reader] = lambda: None
+    page = TestClient(app).get("/").text
+    sections = {name: page.split(f'data-marketplace="{name}"')[1].split("<h3>")[0] for name in (*states, "gone")}
+    assert "Mirakl sign-in: API key</p>" in sections["key"] and "button" not in sections["key"]
+    assert "not connected" in sections["new"]
+    assert 'href="/woo-mirakl-connect/new/start" target="_top">Connect to Mirakl</a>' in sections["new"]
+    assert "reconnect needed: invalid_grant: consent withdrawn" in sections["lost"]
+    assert "access token valid until 2026-12-06 09:30 UTC" in sections["lost"]
+    assert 'href="/woo-mirakl-connect/lost/start" target="_top">Reconnect</a>' in sections["lost"]
+    assert "Mirakl sign-in" not in sections["gone"]  # state unknown: the page still loads, without the line
