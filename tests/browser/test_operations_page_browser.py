@@ -41,8 +41,11 @@ DAG_ID = "mirakl_account__sandbox"
 PAGE_TITLE = "Woo ⇄ Mirakl operations"  # the nav entry and the iframe's title
 SHOTS = ROOT / "var" / "browser-screenshots"
 RECONCILIATION = "mirakl_payout_reconciliation__sandbox"
-TODAY = datetime.now(UTC).date()
-DAYS = [TODAY - timedelta(days=n) for n in (4, 3, 2)]  # the three reconciled (backfilled) days
+# The day of the reconciliation's latest scheduled run (daily at 02:30 UTC): once unpaused, the
+# scheduler creates that run itself, so the backfilled runs must all come before it; before 02:30
+# that is yesterday's run, and a range ending yesterday would hold only two missing runs.
+LATEST_RUN_DAY = (datetime.now(UTC) - timedelta(hours=2, minutes=30)).date()
+DAYS = [LATEST_RUN_DAY - timedelta(days=n) for n in (4, 3, 2)]  # the three reconciled (backfilled) days
 
 pytestmark = pytest.mark.slow
 
@@ -288,7 +291,7 @@ def test_on_call_sees_every_flows_last_run_and_an_exception_with_guidance_and_ac
     for flow in ("mirakl_order_ingest", "mirakl_inventory_push", "mirakl_payout_reconciliation", "mirakl_account",
                  "mirakl_refund_sync", "mirakl_data_quality", "mirakl_shipment_confirm", "mirakl_catalogue_publish"):
         expect(runs.locator(f"tr[data-flow={flow}]")).to_have_count(1)
-    expect(runs.locator("tr[data-flow=mirakl_payout_reconciliation] td").nth(1)).to_contain_text(str(TODAY.year))
+    expect(runs.locator("tr[data-flow=mirakl_payout_reconciliation] td").nth(1)).to_contain_text(str(LATEST_RUN_DAY.year))
     expect(runs.locator("tr[data-flow=mirakl_account] a.failed")).to_have_count(1)  # the refused typo
     row = operations.locator("table.exceptions tr", has_text=SKU)
     expect(row).to_contain_text("Mirakl shows 3 for SKU SKU-BROWSER-1; WooCommerce stock says 7.")
