@@ -7,8 +7,9 @@ Every minute (OR11's published maximum), one run at a time, per marketplace:
    ledger. When the OR11 call budget is used up the run skips politely and resumes next minute.
 2. **decide_and_reserve** — `WAITING_ACCEPTANCE` orders: SKU and stock look-up in WooCommerce,
    accept or refuse each line by the marketplace's `order_policy`, then an `on-hold` WooCommerce
-   order with the accepted lines so the stock is reserved at once.
-3. **send_decisions** — OR21 with every line's decision (once per order), then the deadline guard:
+   order with the accepted lines so the stock is reserved at once. A batch larger than WooCommerce
+   takes at once is reserved in waves, each wave's OR21 sent while the next is reserved.
+3. **send_decisions** — OR21 with every line's decision not sent yet (once per order), then the deadline guard:
    orders still undecided past the configured shares of their acceptance window raise exceptions.
 4. **sync_woocommerce_orders** — `SHIPPING`: addresses, customer message and `processing` on the
    WooCommerce order; `CANCELED` / `REFUSED`: the WooCommerce order is cancelled, stock returns.
@@ -48,7 +49,8 @@ def build(marketplace: Marketplace) -> None:
 
     @task(pool="woocommerce_api")
     def decide_and_reserve() -> dict[str, int]:
-        return _flow(name, woo=True).decide_and_reserve()
+        # with Mirakl too: a large batch's orders are answered wave by wave as they are reserved
+        return _flow(name, mirakl=True, woo=True).decide_and_reserve()
 
     @task(pool="mirakl_api")
     def send_decisions() -> dict[str, dict[str, int]]:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import urlsplit
 
-from include.woo_mirakl.airflow_connections import API_CONN_ID
+from include.woo_mirakl.airflow_connections import API_CONN_ID, AirflowApi
 from include.woo_mirakl.budgets import BudgetExceeded
 from include.woo_mirakl.clients.http import (
     ApiError,
@@ -641,21 +641,9 @@ class FlowPauser(Protocol):
     def unpause(self, dag_ids: Sequence[str]) -> list[str]: ...
 
 
-class RestApiPauser:
+class RestApiPauser(AirflowApi):
     """Airflow's REST API (``PATCH /api/v2/dags/{id}``), through an ``airflow_api`` HTTP connection
     (host = the API server URL, login/password of a user allowed to edit DAGs). Works from any worker."""
-
-    how = "Airflow REST API"
-
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30.0):
-        from include.woo_mirakl.airflow_connections import api_session
-
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.session = api_session(self.base_url, username, password, timeout)
-
-    def __repr__(self) -> str:
-        return f"RestApiPauser({self.base_url!r})"
 
     def list_dags(self) -> dict[str, bool]:
         dags: dict[str, bool] = {}
@@ -720,14 +708,10 @@ class MetadataDbPauser:
 
 def default_pauser() -> FlowPauser:
     """The REST API when an ``airflow_api`` connection exists, else the metadata database."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from include.woo_mirakl.airflow_connections import api_credentials
 
-    try:
-        conn = BaseHook.get_connection(API_CONN_ID)
-    except AirflowNotFoundException:
-        return MetadataDbPauser()
-    return RestApiPauser(conn.host or "", conn.login or "", conn.password or "")
+    credentials = api_credentials()
+    return RestApiPauser(*credentials) if credentials else MetadataDbPauser()
 
 
 @dataclass(frozen=True)

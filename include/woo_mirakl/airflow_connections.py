@@ -44,9 +44,8 @@ class ExtrasWriter(Protocol):
     def update_extra(self, conn_id: str, changes: dict[str, Any], remove: Sequence[str] = ()) -> None: ...
 
 
-class RestApiExtras:
-    """Through Airflow's REST API: works from any worker. Masked values in the answer ("***") are
-    merged back by the API server from the stored connection, so sending them back keeps them."""
+class AirflowApi:
+    """A signed-in session with Airflow's API server (works from any worker)."""
 
     how = "Airflow REST API"
 
@@ -56,7 +55,12 @@ class RestApiExtras:
         self.session = api_session(self.base_url, username, password, timeout)
 
     def __repr__(self) -> str:
-        return f"RestApiExtras({self.base_url!r})"
+        return f"{type(self).__name__}({self.base_url!r})"
+
+
+class RestApiExtras(AirflowApi):
+    """Through Airflow's REST API. Masked values in the answer ("***") are merged back by the API
+    server from the stored connection, so sending them back keeps them."""
 
     def update_extra(self, conn_id: str, changes: dict[str, Any], remove: Sequence[str] = ()) -> None:
         url = f"{self.base_url}/api/v2/connections/{conn_id}"
@@ -111,16 +115,22 @@ def defined_outside_the_database(conn_id: str) -> str | None:
     return None
 
 
-def default_extras_writer() -> ExtrasWriter:
-    """The REST API when an ``airflow_api`` connection exists, else the metadata database."""
+def api_credentials() -> tuple[str, str, str] | None:
+    """The API server URL, user and password of the ``airflow_api`` connection, or None without one."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         conn = BaseHook.get_connection(API_CONN_ID)
     except AirflowNotFoundException:
-        return MetadataDbExtras()
-    return RestApiExtras(conn.host or "", conn.login or "", conn.password or "")
+        return None
+    return conn.host or "", conn.login or "", conn.password or ""
+
+
+def default_extras_writer() -> ExtrasWriter:
+    """The REST API when an ``airflow_api`` connection exists, else the metadata database."""
+    credentials = api_credentials()
+    return RestApiExtras(*credentials) if credentials else MetadataDbExtras()
 
 
 def update_extra(conn_id: str, changes: dict[str, Any], remove: Sequence[str] = (),

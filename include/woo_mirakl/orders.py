@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from include.woo_mirakl import human_review
 from include.woo_mirakl.budgets import BudgetExceeded
@@ -492,7 +492,7 @@ class OrderIngest:
             saved = self._save_decisions(decided_now)
             to_reserve.extend(r for i, r in saved.items() if r.decision != "refused")
         if to_reserve:
-            self._reserve(to_reserve, result)
+            self._reserve_in_waves(to_reserve, result)
         for record in self.ledger.get_orders(self.mp, decided_now).values():
             log.info("%s", decision_line(record))
         return result.as_dict()
@@ -612,6 +612,25 @@ class OrderIngest:
             key=self._key(KIND_CREATE, record.mirakl_order_id) + attempt, kind=KIND_CREATE,
             target=record.mirakl_order_id, request=_create_digest_source(body), send=send, outcome=outcome,
         )
+
+    def _reserve_in_waves(self, records: list[OrderRecord], result: StepResult) -> None:
+        """Reserve a wave at a time (the batches WooCommerce takes at once) and, with a Mirakl client,
+        answer each wave's orders (OR21) while the next wave is reserved: in a burst the first orders
+        are accepted within seconds instead of after the whole backlog. ``send_decisions`` answers
+        whatever is left; the ledger's keys make every OR21 go out once."""
+        wave = max(1, self.woo_batch * self.woo_workers)
+        if self.mirakl is None or len(records) <= wave:
+            self._reserve(records, result)
+            return
+        answered: list[Future] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="or21-wave") as answering:
+            for start in range(0, len(records), wave):
+                chunk = records[start:start + wave]
+                self._reserve(chunk, result)
+                answered.append(answering.submit(self.send_decisions, [r.mirakl_order_id for r in chunk]))
+        for done in answered:
+            for key, n in done.result().items():
+                result.add(f"answered_{key}", n)
 
     def _reserve(self, records: list[OrderRecord], result: StepResult) -> None:
         """The reservations of ``records``: every intent in one transaction, the creates a few at a
@@ -794,8 +813,9 @@ class OrderIngest:
         self.ledger.upsert_order(self.mp, record.mirakl_order_id, detail=detail)
 
     # ---- 3. OR21 ------------------------------------------------------------------------------
-    def send_decisions(self) -> dict[str, int]:
-        """OR21 for every decided order whose accepted lines are held in WooCommerce.
+    def send_decisions(self, order_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """OR21 for every decided order (or those of ``order_ids``) whose accepted lines are held in
+        WooCommerce.
 
         The intents in one transaction, the calls ``or21_workers`` at a time, the outcomes in one
         transaction, the orders' flags in one more.
@@ -803,9 +823,11 @@ class OrderIngest:
         result = StepResult()
         due: list[tuple[OrderRecord, dict[str, bool]]] = []
         writes: list[Write] = []
-        for record in self.ledger.orders_in_states(self.mp, [WAITING]):
+        records = (self.ledger.orders_in_states(self.mp, [WAITING]) if order_ids is None
+                   else self.ledger.get_orders(self.mp, order_ids).values())
+        for record in records:
             detail = record.detail or {}
-            if record.decision is None or detail.get("or21_sent"):
+            if record.mirakl_state != WAITING or record.decision is None or detail.get("or21_sent"):
                 continue
             if record.decision != "refused" and record.woo_order_id is None:
                 continue  # never accept what WooCommerce does not hold yet
@@ -838,7 +860,8 @@ class OrderIngest:
             self.ledger.upsert_orders(self.mp, {
                 r.mirakl_order_id: {"detail": {**(r.detail or {}), "or21_sent": True}} for r in sent_ok})
             self.ledger.resolve_exceptions(EXC_ACCEPT, answered, self.mp)
-        self._settle_uncertain_acceptances(result)
+        if order_ids is None:
+            self._settle_uncertain_acceptances(result)
         return result.as_dict()
 
     def _acceptance(self, record: OrderRecord, decisions: dict[str, bool]) -> Write:

@@ -313,19 +313,25 @@ def test_nobody_answers_and_airflow_applies_the_default_before_the_deadline(
         assert sandbox.mirakl.order(order_id)["order_state"] == "REFUSED"
 
 
-def test_without_airflow_answering_the_ingest_applies_the_default_at_the_due_time(
-        sandbox, ledger, catalogue, review_rules, monkeypatch):
+def unanswered_past_its_due_time(sandbox, ledger, review_rules, default: str, index: int) -> str:
+    """An under-priced order flagged for a person, nobody answering; then an ingest past its due time."""
     import yaml
 
     data = yaml.safe_load(review_rules.read_text())
-    data["marketplaces"][0]["human_review"]["timeout_default"] = "accept"
+    data["marketplaces"][0]["human_review"]["timeout_default"] = default
     review_rules.write_text(yaml.safe_dump(data))
-    order_id = place(sandbox, [{"offer_sku": "REV-A", "quantity": 1, "price": 1.0}], 4, acceptance_delay_s=900)
+    order_id = place(sandbox, [{"offer_sku": "REV-A", "quantity": 1, "price": 1.0}], index, acceptance_delay_s=900)
     ingest(sandbox, ledger)
     assert ledger.get_order("sandbox", order_id).detail["review"]["status"] == "pending"
     advance(sandbox, ledger, 900 - 600 - 61 + 5)  # past the due time, before the deadline
-    place(sandbox, [{"offer_sku": "REV-A", "quantity": 1}], 5)  # activity: OR11 shows Mirakl's clock
+    place(sandbox, [{"offer_sku": "REV-A", "quantity": 1}], index + 1)  # activity: OR11 shows Mirakl's clock
     ingest(sandbox, ledger, 0)
+    return order_id
+
+
+def test_without_airflow_answering_the_ingest_applies_the_default_at_the_due_time(
+        sandbox, ledger, catalogue, review_rules, monkeypatch):
+    order_id = unanswered_past_its_due_time(sandbox, ledger, review_rules, "accept", 4)
     record = ledger.get_order("sandbox", order_id)
     assert record.decision == "accepted" and record.detail["review"]["timed_out"] is True
     assert "no decision before the deadline" in record.detail["review"]["by"]
@@ -344,17 +350,7 @@ def test_without_airflow_answering_the_ingest_applies_the_default_at_the_due_tim
 
 def test_left_to_mirakl_on_timeout_nothing_is_sent_and_mirakl_cancels_at_its_deadline(
         sandbox, ledger, catalogue, review_rules):
-    import yaml
-
-    data = yaml.safe_load(review_rules.read_text())
-    data["marketplaces"][0]["human_review"]["timeout_default"] = "leave"
-    review_rules.write_text(yaml.safe_dump(data))
-    order_id = place(sandbox, [{"offer_sku": "REV-A", "quantity": 1, "price": 1.0}], 6, acceptance_delay_s=900)
-    ingest(sandbox, ledger)
-    assert ledger.get_order("sandbox", order_id).detail["review"]["status"] == "pending"
-    advance(sandbox, ledger, 900 - 600 - 61 + 5)  # past the due time, before the deadline
-    place(sandbox, [{"offer_sku": "REV-A", "quantity": 1}], 7)  # activity: OR11 shows Mirakl's clock
-    ingest(sandbox, ledger, 0)
+    order_id = unanswered_past_its_due_time(sandbox, ledger, review_rules, "leave", 6)
     record = ledger.get_order("sandbox", order_id)
     assert record.decision is None, record
     assert record.detail["review"]["status"] == "left_to_mirakl" and record.detail["review"]["timed_out"] is True

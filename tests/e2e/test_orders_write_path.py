@@ -96,3 +96,32 @@ def test_a_batch_that_lands_and_loses_its_answer_creates_each_order_once(sandbox
         assert mirakl_state(sandbox, order_id) == "WAITING_DEBIT_PAYMENT"
         action = ledger.get_action(f"sandbox:woo.orders.create:{order_id}")
         assert action.state == "done" and action.outcome["found_after_crash"] is True
+
+
+def test_a_backlog_larger_than_a_wave_is_answered_wave_by_wave_and_each_order_once(sandbox, ledger, catalogue):
+    """Reservations go out a wave at a time (the batches WooCommerce takes at once); each wave's OR21s
+    are sent while the next wave is reserved, so the reserve step answers its orders itself and the
+    answer step is left with the refusals only."""
+    from include.woo_mirakl.orders import OrderIngest
+    from include.woo_mirakl.wiring import wire
+    from tests.e2e.conftest import advance
+
+    assert run(sandbox, ledger).state == "success"  # nothing left from the tests before
+    accepted = [place(sandbox, [(SKUS[i % 3], 1)], i) for i in range(10)]
+    with sandbox.lock:
+        sandbox.mirakl.add_offer("WP-NOT-IN-WOO", 10.0, 5)  # an offer WooCommerce has no product for
+    refused = place(sandbox, [("WP-NOT-IN-WOO", 1)], 10)
+    advance(sandbox, ledger, 61)
+    w = wire("sandbox")
+    flow = OrderIngest(w.marketplace, w.ledger, mirakl=w.mirakl(), woo=w.woo(), woo_batch=2, woo_workers=2)  # waves of 4
+    flow.fetch_changes()
+    batches = _woo_calls(sandbox, "woo.orders.batch")
+    reserved = flow.decide_and_reserve()
+    assert reserved["answered_sent"] == 10, reserved
+    assert _woo_calls(sandbox, "woo.orders.batch") - batches == 6  # waves of 4, 4 and 2, each split over two workers
+    assert flow.send_decisions() == {"sent": 1}  # the refusal; nothing answered twice
+    for order_id in accepted:
+        assert len([e for e in sandbox.log.entries("mirakl", "OR21") if order_id in e["path"]]) == 1
+        assert mirakl_state(sandbox, order_id) == "WAITING_DEBIT_PAYMENT"
+        assert len(woo_orders_by_mirakl_id(sandbox)[order_id]) == 1
+    assert mirakl_state(sandbox, refused) == "REFUSED"
