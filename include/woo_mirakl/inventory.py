@@ -472,25 +472,15 @@ class InventoryPush:
         wanted: set[str] = set()
         no_sku: set[str] = set()
 
-        cursor = self._cursor("products_modified")
-        parents: dict[int, bool] = {}  # changed variable products -> whether they manage a stock pool
-        for raw in self._iter_modified("/products", "woo.products.list", cursor):
-            plan.cursors["products_modified"] = _later(plan.cursors.get("products_modified") or cursor,
-                                                       raw.get("date_modified_gmt"))
-            item = WooItem.from_api(raw)
-            if item.type == "variable":
-                parents[item.id] = item.manage_stock is True
-            self._collect(item, items, no_sku)
-
-        cursor = self._cursor("variations_modified")
-        for raw in self._iter_changed_variations(cursor, parents, plan):
-            plan.cursors["variations_modified"] = _later(plan.cursors.get("variations_modified") or cursor,
-                                                         raw.get("date_modified_gmt"))
-            self._collect(WooItem.from_api(raw), items, no_sku)
-
-        cursor = self._cursor("orders_modified")
-        for order in self._iter_modified("/orders", "woo.orders.list", cursor, fields=WOO_ORDER_FIELDS):
-            plan.cursors["orders_modified"] = _later(plan.cursors.get("orders_modified") or cursor,
+        # The orders' listing needs nothing from the products': read it meanwhile.
+        orders_cursor = self._cursor("orders_modified")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="woo-orders") as reading:
+            orders = reading.submit(lambda: list(self._iter_modified("/orders", "woo.orders.list", orders_cursor,
+                                                                     fields=WOO_ORDER_FIELDS)))
+            parents = self._read_changed_products(plan, items, no_sku)
+            changed_orders = orders.result()
+        for order in changed_orders:
+            plan.cursors["orders_modified"] = _later(plan.cursors.get("orders_modified") or orders_cursor,
                                                      order.get("date_modified_gmt"))
             wanted.update(str(line["sku"]) for line in order.get("line_items") or [] if line.get("sku"))
 
@@ -519,6 +509,26 @@ class InventoryPush:
             items.pop(sku, None)
         self._decide(plan, items.values(), demand, self.ledger.offer_states(self.name, list(items)))
         return plan
+
+    def _read_changed_products(self, plan: Plan, items: dict[str, WooItem], no_sku: set[str]) -> dict[int, bool]:
+        """Products modified since the last cycle, then the variations of changed variable products;
+        returns the changed variable products (and whether each manages a stock pool)."""
+        cursor = self._cursor("products_modified")
+        parents: dict[int, bool] = {}  # changed variable products -> whether they manage a stock pool
+        for raw in self._iter_modified("/products", "woo.products.list", cursor):
+            plan.cursors["products_modified"] = _later(plan.cursors.get("products_modified") or cursor,
+                                                       raw.get("date_modified_gmt"))
+            item = WooItem.from_api(raw)
+            if item.type == "variable":
+                parents[item.id] = item.manage_stock is True
+            self._collect(item, items, no_sku)
+
+        cursor = self._cursor("variations_modified")
+        for raw in self._iter_changed_variations(cursor, parents, plan):
+            plan.cursors["variations_modified"] = _later(plan.cursors.get("variations_modified") or cursor,
+                                                         raw.get("date_modified_gmt"))
+            self._collect(WooItem.from_api(raw), items, no_sku)
+        return parents
 
     @staticmethod
     def _collect(item: WooItem, items: dict[str, WooItem], no_sku: set[str]) -> None:
