@@ -68,21 +68,26 @@ class RestApiExtras(AirflowApi):
         if answer.status_code == 404:
             raise ConnectionNotWritable(f"the connection {conn_id!r} is not in Airflow's database (it may come from "
                                         "an environment variable or a secrets backend, which Airflow cannot change)")
-        if answer.status_code in (401, 403):
-            raise ConnectionNotWritable(f"the '{API_CONN_ID}' user may not edit connections (HTTP {answer.status_code}): "
-                                        "give it the op role")
-        answer.raise_for_status()
+        _raise_unless_allowed(answer)
         current = answer.json()
-        extra = json.loads(current.get("extra") or "{}")
-        extra.update(changes)
-        for key in remove:
-            extra.pop(key, None)
-        answer = self.session.patch(url, params={"update_mask": "extra"}, timeout=self.timeout, json={
-            "connection_id": conn_id, "conn_type": current["conn_type"], "extra": json.dumps(extra)})
-        if answer.status_code in (401, 403):
-            raise ConnectionNotWritable(f"the '{API_CONN_ID}' user may not edit connections (HTTP {answer.status_code}): "
-                                        "give it the op role")
-        answer.raise_for_status()
+        extra = _changed(json.loads(current.get("extra") or "{}"), changes, remove)
+        _raise_unless_allowed(self.session.patch(url, params={"update_mask": "extra"}, timeout=self.timeout, json={
+            "connection_id": conn_id, "conn_type": current["conn_type"], "extra": json.dumps(extra)}))
+
+
+def _raise_unless_allowed(answer: Any) -> None:
+    if answer.status_code in (401, 403):
+        raise ConnectionNotWritable(f"the '{API_CONN_ID}' user may not edit connections (HTTP {answer.status_code}): "
+                                    "give it the op role")
+    answer.raise_for_status()
+
+
+def _changed(extra: dict[str, Any], changes: dict[str, Any], remove: Sequence[str]) -> dict[str, Any]:
+    """The extra with ``changes`` set and ``remove`` dropped, every other key kept."""
+    extra = {**extra, **changes}
+    for key in remove:
+        extra.pop(key, None)
+    return extra
 
 
 class MetadataDbExtras:
@@ -99,11 +104,7 @@ class MetadataDbExtras:
             conn = session.scalar(select(Connection).where(Connection.conn_id == conn_id))
             if conn is None:
                 raise ConnectionNotWritable(f"the connection {conn_id!r} is not in Airflow's database")
-            extra = dict(conn.extra_dejson or {})
-            extra.update(changes)
-            for key in remove:
-                extra.pop(key, None)
-            conn.set_extra(json.dumps(extra))
+            conn.set_extra(json.dumps(_changed(conn.extra_dejson or {}, changes, remove)))
 
 
 def defined_outside_the_database(conn_id: str) -> str | None:

@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+# These pages run in the API server, which may write the metadata database directly.
+from include.woo_mirakl.airflow_connections import MetadataDbExtras
+
 log = logging.getLogger(__name__)
 
 STATE_TTL = 600  # seconds a sign-in at Mirakl may take
@@ -83,12 +86,6 @@ def _connection_row(conn_id: str) -> Any:
         if conn is not None:
             session.expunge(conn)
         return conn
-
-
-def _update_connection(conn_id: str, changes: dict[str, Any]) -> None:
-    from include.woo_mirakl.airflow_connections import MetadataDbExtras
-
-    MetadataDbExtras().update_extra(conn_id, changes)  # the API server may use the metadata database
 
 
 def redirect_uri(conn: Any, base_url: str) -> str:
@@ -156,7 +153,7 @@ def finish(cookie: str | None, query: dict[str, str], user_id: str, now: Callabl
         return ConnectResult(False, name, f"Not connected: Mirakl's authentication system refused the exchange ({error})")
     if not token.refresh_token:
         return ConnectResult(False, name, "Not connected: Mirakl gave no refresh token, so access could not be renewed")
-    _update_connection(marketplace.mirakl_conn_id, {"refresh_token": token.refresh_token})
+    MetadataDbExtras().update_extra(marketplace.mirakl_conn_id, {"refresh_token": token.refresh_token})
     provider = hook.token_provider()
     with LedgerTokenStore(get_ledger()).locked(provider.key) as slot:
         slot.save(token, provider.origin)  # the first calls use this token; renewals start from the connection
@@ -166,7 +163,7 @@ def finish(cookie: str | None, query: dict[str, str], user_id: str, now: Callabl
 def choose_store(marketplace_name: str, shop_id: int) -> ConnectResult:
     """The seller has several stores: keep the one they picked and verify it."""
     marketplace, _conn = _oauth_conn(marketplace_name)
-    _update_connection(marketplace.mirakl_conn_id, {"shop_id": int(shop_id)})
+    MetadataDbExtras().update_extra(marketplace.mirakl_conn_id, {"shop_id": int(shop_id)})
     return verify(marketplace_name)
 
 

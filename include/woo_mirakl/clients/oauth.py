@@ -348,13 +348,13 @@ class TokenProvider:
     @property
     def origin(self) -> str:
         """Names the credentials a stored token must descend from (a digest, never a secret)."""
-        settings = self.endpoint.settings
-        if self.grant == CLIENT_CREDENTIALS:
-            return fingerprint(settings.token_url, settings.client_id, settings.client_secret)
         return self._origin_of(self.origin_refresh_token)
 
     def _origin_of(self, refresh_token: str | None) -> str:
-        return fingerprint(self.endpoint.settings.token_url, refresh_token)
+        settings = self.endpoint.settings
+        if self.grant == CLIENT_CREDENTIALS:
+            return fingerprint(settings.token_url, settings.client_id, settings.client_secret)
+        return fingerprint(settings.token_url, refresh_token)
 
     @property
     def expires_at(self) -> datetime | None:
@@ -369,7 +369,7 @@ class TokenProvider:
             problem: ReconnectRequired | None = None
             with self.store.locked(self.key) as slot:
                 held = self.origin_refresh_token  # afresh: another worker may have rotated it
-                origin = self.origin if self.grant == CLIENT_CREDENTIALS else self._origin_of(held)
+                origin = self._origin_of(held)
                 current = slot.token if slot.origin == origin else None
                 if slot.origin == origin and slot.status == "reconnect_required":
                     problem = ReconnectRequired(self.key, getattr(slot, "reason", None) or "refused before")
