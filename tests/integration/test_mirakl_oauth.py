@@ -347,6 +347,34 @@ def test_a_rotated_token_that_cannot_be_saved_stops_renewals_before_the_spent_on
     assert LedgerTokenStore(ledger).peek("unsaved")["status"] == "reconnect_required"
 
 
+def test_a_save_that_lands_but_loses_its_answer_heals_at_the_next_renewal(sandbox, tmp_path):
+    """The connection took the rotated token, then the answer was lost (a dropped connection): this
+    worker stops, but the next one finds the new token in the connection and renews with it."""
+    from include.woo_mirakl.clients.oauth import HeldRefreshToken
+
+    class LandsThenDrops(HeldRefreshToken):
+        def write(self, refresh_token: str) -> None:
+            super().write(refresh_token)
+            raise ConnectionError("Connection aborted: RemoteDisconnected")
+
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path}/ledger.db")
+    endpoint = _endpoint(sandbox, AUTHORIZATION_CODE)
+    granted = endpoint.exchange_code(seller_consents(sandbox, endpoint, "drop")["code"], REDIRECT).refresh_token
+    connection = LandsThenDrops(granted)
+    first = TokenProvider(endpoint, LedgerTokenStore(ledger), "dropped", refresh_tokens=connection,
+                          clock=sandbox.clock.now)
+    with pytest.raises(ReconnectRequired, match="could not be saved .*RemoteDisconnected"):
+        _client(sandbox, first).offers_count()
+    saved = connection.value
+    assert saved != granted  # it did land
+    issued = sandbox.auth.issued["refresh_token"]
+    healed = TokenProvider(endpoint, LedgerTokenStore(ledger), "dropped", refresh_tokens=HeldRefreshToken(saved),
+                           clock=sandbox.clock.now)
+    assert _client(sandbox, healed).offers_count() >= 0
+    assert sandbox.auth.issued["refresh_token"] == issued + 1  # renewed with the saved token
+    assert not _grant_revoked(sandbox, granted)
+
+
 def test_a_connection_in_an_environment_variable_is_never_renewed_so_its_token_is_never_spent(
         sandbox, tmp_path, monkeypatch):
     import json
